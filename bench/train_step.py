@@ -3,6 +3,8 @@
     python bench/train_step.py --shape 3b --device cuda --batch_size 1 4   # the GPU benchmark (random 3B weights)
     python bench/train_step.py --shape tiny --device cpu                   # smoke run, well under a minute
     python bench/train_step.py --shape 3b --device cuda --profile          # where one step's time goes
+    python bench/train_step.py --shape 3b --device cuda --batch_size 1 4 --dtype bfloat16 --no_checkpointing \
+        --compile all                                                      # the fast recipe (torch_compile=True)
 
 Each case (one image size, or a mixed batch) is collated once by `DataCollatorForLaViT` from synthetic rows (real
 tokenizer, random images, answers of about 160 tokens) and timed as one optimiser step: forward, backward and a
@@ -10,7 +12,9 @@ tokenizer, random images, answers of about 160 tokens) and timed as one optimise
 Trainer's `bf16=True`; `--dtype bfloat16` for bf16 weights). The plain step is `Qwen2_5_VLForConditionalGeneration`
 with the same `input_ids`, `labels` and pixels and no teacher targets (its LM head projects every position), given
 LaViT's two generic vision speed-ups (packed window attention, frozen tower without autograd) so that the ratios
-measure LaViT's own cost; `--stock_plain` adds a row for Qwen2.5-VL exactly as transformers runs it.
+measure LaViT's own cost; `--stock_plain` adds a row for Qwen2.5-VL exactly as transformers runs it. `--compile`
+compiles each decoder layer (`language`), and each vision block too (`all`), of both models in place, as
+`LaViTTrainer` does under `torch_compile=True`; the warm-up steps absorb the compilation.
 
 Reported per row: seconds per step, tokens per second (non-padding tokens of the batch), peak allocated memory, MFU and
 the ratios to the plain step of the same case. Both models run the vision tower's windowed attention as one sdpa call
@@ -74,7 +78,15 @@ def model_config(shape: str, vocab_size: int) -> dict:
 
 
 def build_model(
-    kind: str, shape: str, processor, device: str, dtype: torch.dtype, checkpointing: bool, vision_attention: str
+    kind: str,
+    shape: str,
+    processor,
+    device: str,
+    dtype: torch.dtype,
+    checkpointing: bool,
+    vision_attention: str,
+    compile_blocks: str = "none",
+    text_attention: str = "sdpa",
 ):
     """A random Qwen2.5-VL (`kind="plain"`, or `"stock"`) or LaViT student of `shape`, vision tower frozen;
     `vision_attention` "packed" (one sdpa call per layer, as `LaViTTrainer` sets) or "loop" (Qwen's one call per
@@ -98,6 +110,10 @@ def build_model(
         config = LaViTConfig(**fields, num_latent_tokens=4, latent_token_ids=ids, teacher_hidden_size=SHAPES[shape][2])
         cls = LaViTForConditionalGeneration
     config._attn_implementation = "sdpa"
+    if text_attention == "flex" and kind == "lavit":
+        from lavit_hf.attention import register_flex_attention
+
+        config.text_config._attn_implementation = register_flex_attention()
     config.use_cache = False
     torch.manual_seed(0)
     with torch.device(device):
@@ -115,6 +131,10 @@ def build_model(
         model.model.get_image_features = frozen_image_features  # an instance attribute shadows the method
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if compile_blocks != "none":  # what `LaViTTrainer` does under `torch_compile=True`
+        from trainer.lavit_trainer import compile_repeated_blocks
+
+        compile_repeated_blocks(model, vision=compile_blocks == "all")
     return model.train()
 
 
@@ -148,7 +168,7 @@ def make_optimizer(model, device: str) -> torch.optim.Optimizer:
 
 def forward_backward(model, batch: dict, device: str, autocast: bool, num_items) -> None:
     with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=autocast):
-        loss = model(**batch, num_items_in_batch=num_items).loss
+        loss = model(**batch, num_items_in_batch=num_items, use_cache=False).loss
     loss.backward()
 
 
@@ -187,7 +207,15 @@ def time_steps(
 
 def measure(kind: str, stages: list[int], batches: dict, args, processor, dtype) -> list[Result]:
     model = build_model(
-        kind, args.shape, processor, args.device, dtype, not args.no_checkpointing, args.vision_attention
+        kind,
+        args.shape,
+        processor,
+        args.device,
+        dtype,
+        not args.no_checkpointing,
+        args.vision_attention,
+        compile_blocks=args.compile if kind != "stock" else "none",
+        text_attention=args.text_attention,
     )
     num_params = sum(p.numel() for p in model.parameters())
     results = []
@@ -248,7 +276,9 @@ def profile(args, dtype) -> None:
     activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if on_cuda else [ProfilerActivity.CPU]
     summary = []
     for kind, stage in (("plain", 0), ("lavit", args.profile_stage)):
-        model = build_model(kind, args.shape, processor, device, dtype, not args.no_checkpointing, "loop")
+        model = build_model(
+            kind, args.shape, processor, device, dtype, not args.no_checkpointing, "loop", compile_blocks=args.compile
+        )
         name = "qwen2.5-vl" if kind == "plain" else f"lavit stage {stage}"
         if kind != "plain":
             model.set_training_stage(stage)
@@ -294,7 +324,7 @@ def profile(args, dtype) -> None:
                 synchronize()
                 start = time.perf_counter()
                 with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
-                    loss = model(**batch, num_items_in_batch=num_items).loss
+                    loss = model(**batch, num_items_in_batch=num_items, use_cache=False).loss
                 synchronize()
                 middle = time.perf_counter()
                 loss.backward()
@@ -371,6 +401,12 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no_checkpointing", action="store_true", help="disable activation checkpointing")
     parser.add_argument("--vision_attention", choices=["packed", "loop"], default="packed",
                         help="vision tower attention: one sdpa call per layer (as LaViTTrainer sets) or one per window")
+    parser.add_argument("--text_attention", choices=["sdpa", "flex"], default="sdpa",
+                        help="LaViT's language-model attention: sdpa, or flex attention (the stage-1 rule as a block "
+                        "mask); the plain model stays on sdpa")
+    parser.add_argument("--compile", choices=["none", "language", "all"], default="none",
+                        help="torch.compile each decoder layer (language) and each vision block too (all) of the plain "
+                        "and LaViT models in place, as LaViTTrainer does under torch_compile=True")
     parser.add_argument("--grad_accum", type=int, default=1,
                         help="micro-batches per optimiser step; times are reported per micro-batch")
     parser.add_argument("--stock_plain", action="store_true",
@@ -411,7 +447,7 @@ def main(argv: list[str] | None = None) -> None:
         results += measure("lavit", args.stages, batches, args, processor, dtype)
         print(f"\nshape={args.shape} device={args.device} batch_size={batch_size} dtype={args.dtype} "
               f"checkpointing={not args.no_checkpointing} vision_attention={args.vision_attention} "
-              f"grad_accum={args.grad_accum} FLOPs/step = 6 * N_params(all) * tokens")
+              f"grad_accum={args.grad_accum} compile={args.compile} text_attention={args.text_attention} FLOPs/step = 6 * N_params(all) * tokens")
         print(format_table(results, peak_tflops, args.device))
 
 

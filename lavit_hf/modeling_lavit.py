@@ -112,7 +112,9 @@ def packed_sdpa_attention_forward(
         return out.transpose(1, 2).reshape(1, total, heads, head_dim), None
     starts = cu_seq_lens_q.to(device=query.device, dtype=torch.long)
     positions = torch.arange(total, device=query.device)
-    segment = torch.searchsorted(starts[1:], positions, right=True)  # the segment of each packed position
+    # The segment of each packed position: how many segment ends lie at or before it (a comparison, not
+    # `searchsorted`, whose inductor lowering fails on a sliced boundary tensor under torch.compile).
+    segment = (positions.unsqueeze(1) >= starts[1:].unsqueeze(0)).sum(dim=1)
     offset = positions - starts[segment]
     padded = []
     for t in (q, k, v):
@@ -165,6 +167,27 @@ class LaViTCausalLMOutputWithPast(CausalLMOutputWithPast):
     trajectory_log_probs: torch.FloatTensor | None = None
 
 
+@dataclass
+class TokenLayout:
+    """Where a batch's image and latent tokens are (`LaViTForConditionalGeneration.token_layout`).
+
+    Attributes:
+        image_positions (`torch.LongTensor` of shape `(batch_size, max_image_tokens)`): each sample's image-token
+            positions in sequence order, padded.
+        image_valid (`torch.BoolTensor` of shape `(batch_size, max_image_tokens)`): which entries are real.
+        image_counts (`list[int]`): image tokens per sample.
+        latent_positions (`torch.LongTensor` of shape `(batch_size, K)`, *optional*): positions of `<lvr1>` ...
+            `<lvrK>` (when asked for).
+        num_labelled (`int`, *optional*): labelled next-token targets in the batch (when labels were given).
+    """
+
+    image_positions: torch.Tensor
+    image_valid: torch.Tensor
+    image_counts: list[int]
+    latent_positions: torch.Tensor | None = None
+    num_labelled: int | None = None
+
+
 def vtop_cosine_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """`1 - cos(prediction, target)` averaged over the batch (METHOD.md section 2, V_top head).
 
@@ -197,6 +220,7 @@ def labelled_causal_lm_loss(
     hidden_states: torch.Tensor,
     labels: torch.LongTensor,
     num_items_in_batch: int | torch.Tensor | None = None,
+    num_labelled: int | None = None,
 ) -> torch.Tensor:
     """Next-token cross-entropy computed from the final hidden states at the labelled positions only.
 
@@ -209,11 +233,20 @@ def labelled_causal_lm_loss(
         hidden_states (`torch.Tensor` of shape `(batch_size, seq_len, hidden_size)`): final hidden states.
         labels (`torch.LongTensor` of shape `(batch_size, seq_len)`): token ids, -100 where unlabelled (unshifted).
         num_items_in_batch (`int` or `torch.Tensor`, *optional*): the denominator.
+        num_labelled (`int`, *optional*): how many positions are labelled, when the caller knows it; the positions
+            are then gathered without the host sync that boolean indexing costs.
     """
     shift_labels = labels[:, 1:]
     selected = shift_labels != -100
-    logits = lm_head(hidden_states[:, :-1][selected]).float()
-    total = F.cross_entropy(logits, shift_labels[selected], reduction="sum")
+    if num_labelled is None:
+        states, targets = hidden_states[:, :-1][selected], shift_labels[selected]
+    else:
+        # Labelled positions first, in sequence order (a stable sort), then the first `num_labelled` of them.
+        index = torch.sort((~selected).flatten().to(torch.int8), stable=True).indices[:num_labelled]
+        states = hidden_states[:, :-1].flatten(0, 1).index_select(0, index)
+        targets = shift_labels.flatten().index_select(0, index)
+    logits = lm_head(states).float()
+    total = F.cross_entropy(logits, targets, reduction="sum")
     if num_items_in_batch is None:
         num_items_in_batch = selected.sum()
     if torch.is_tensor(num_items_in_batch):
@@ -537,10 +570,21 @@ class LaViTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         True
         ```
         """
-        # Checked before the forward: a per-sample mismatch otherwise surfaces as a shape error in get_rope_index.
-        image_tokens = (
-            self.image_token_mask(input_ids, image_grid_thw)
-            if pixel_values is not None and input_ids is not None
+        wants_distillation = vtop_target is not None or trajectory_target is not None
+        if trajectory_target is not None and input_ids is not None:
+            trajectory_mask = self.check_trajectory_target(trajectory_target, trajectory_mask, input_ids.shape[0])
+        # Checked before the forward (a per-sample mismatch otherwise surfaces as a shape error in get_rope_index),
+        # with one host sync for every check and count of the batch.
+        train_labels = labels if labels is not None and self.training else None
+        layout = (
+            self.token_layout(
+                input_ids,
+                image_grid_thw,
+                labels=train_labels,
+                trajectory_mask=trajectory_mask if trajectory_target is not None else None,
+                need_latents=wants_distillation,
+            )
+            if input_ids is not None and (pixel_values is not None or wants_distillation or train_labels is not None)
             else None
         )
         outputs = self.model(
@@ -562,13 +606,18 @@ class LaViTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
-        wants_distillation = vtop_target is not None or trajectory_target is not None
 
         loss_ce = logits = None
         if labels is not None and self.training:
             # Differ from Qwen: in training, project only the labelled positions onto the vocabulary; the full
             # (sequence x 152k) logits are never materialised.
-            loss_ce = labelled_causal_lm_loss(self.lm_head, hidden_states, labels, kwargs.get("num_items_in_batch"))
+            loss_ce = labelled_causal_lm_loss(
+                self.lm_head,
+                hidden_states,
+                labels,
+                kwargs.get("num_items_in_batch"),
+                num_labelled=layout.num_labelled if layout is not None else None,
+            )
         else:
             logits = self.lm_head(hidden_states[:, self._keep_slice(logits_to_keep), :])
             if labels is not None:
@@ -578,16 +627,16 @@ class LaViTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
 
         loss_vtop = loss_traj = vtop_prediction = trajectory_log_probs = None
         if wants_distillation:
-            latent_state = self.latent_head_input(input_ids, hidden_states)
+            if layout is None or pixel_values is None:
+                raise ValueError("Teacher targets need pixel_values and input_ids holding the image and latent tokens.")
+            latent_state = self.latent_head_input(layout.latent_positions, hidden_states)
             if vtop_target is not None:
                 vtop_prediction = self.predict_vtop(latent_state)
                 loss_vtop = vtop_cosine_loss(vtop_prediction, self.pool_vtop_target(vtop_target, vtop_target_mask))
-            if image_tokens is None:
-                raise ValueError("Teacher targets need pixel_values and input_ids holding the image tokens.")
-            trajectory_log_probs, image_mask = self.predict_trajectory(latent_state, hidden_states, *image_tokens)
+            trajectory_log_probs = self.predict_trajectory(latent_state, hidden_states, layout)
             if trajectory_target is not None and self.config.use_trajectory_loss:
-                target = self.align_trajectory_target(trajectory_target, trajectory_mask, image_mask)
-                loss_traj = trajectory_kl_loss(trajectory_log_probs, target, image_mask)
+                target = self.align_trajectory_target(trajectory_target, trajectory_mask, layout.image_valid)
+                loss_traj = trajectory_kl_loss(trajectory_log_probs, target, layout.image_valid)
 
         loss = self.combine_losses(loss_ce, loss_vtop, loss_traj)
         return LaViTCausalLMOutputWithPast(
@@ -621,30 +670,10 @@ class LaViTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         present = [weight * term for weight, term in terms if term is not None]
         return torch.stack(present).sum() if present else None
 
-    def latent_positions(self, input_ids: torch.LongTensor) -> torch.LongTensor:
-        """Positions `(batch_size, K)` of `<lvr1>` ... `<lvrK>` in each sample; `ValueError` naming a sample that
-        does not hold each latent token exactly once."""
-        if input_ids is None:
-            raise ValueError("Teacher targets need input_ids to locate the latent tokens.")
-        if not self.config.latent_token_ids:
-            raise ValueError("config.latent_token_ids is unset: add the latent tokens first (from_qwen2_5_vl).")
-        latent_ids = self.model.latent_ids(input_ids.device)
-        hits = input_ids.unsqueeze(-1) == latent_ids  # (batch, seq, K)
-        counts = hits.sum(dim=1)
-        # One host sync for the whole batch (not one per sample); the loop only names the offending sample.
-        for sample in [] if bool((counts == 1).all()) else range(input_ids.shape[0]):
-            if not bool((counts[sample] == 1).all()):
-                raise ValueError(
-                    f"Sample {sample}: expected each latent token {self.config.latent_token_ids} exactly once in "
-                    f"input_ids when teacher targets are given, found counts {counts[sample].tolist()}."
-                )
-        return hits.float().argmax(dim=1)
-
-    def latent_head_input(self, input_ids: torch.LongTensor, hidden_states: torch.Tensor) -> torch.Tensor:
+    def latent_head_input(self, latent_positions: torch.LongTensor, hidden_states: torch.Tensor) -> torch.Tensor:
         """The latent state `(batch_size, d)` that feeds both heads: the last latent token's final hidden state, or
         the mean over the K latent tokens with `head_input="mean_latent"`."""
-        positions = self.latent_positions(input_ids)
-        states = hidden_states.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden_states.shape[-1]))
+        states = hidden_states.gather(1, latent_positions.unsqueeze(-1).expand(-1, -1, hidden_states.shape[-1]))
         if self.config.head_input == "mean_latent":
             return states.mean(dim=1)
         return states[:, -1]
@@ -673,22 +702,44 @@ class LaViTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             raise ValueError(f"Sample {empty[0]}: vtop_target_mask selects no row of the token-wise vtop_target.")
         return (vtop_target.float() * weights).sum(dim=1) / counts
 
-    def image_token_mask(
-        self, input_ids: torch.LongTensor, image_grid_thw: torch.LongTensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image-token positions per sample as a padded index `(batch_size, max_n)` and its validity mask.
+    def token_layout(
+        self,
+        input_ids: torch.LongTensor,
+        image_grid_thw: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        trajectory_mask: torch.Tensor | None = None,
+        need_latents: bool = False,
+    ) -> TokenLayout:
+        """Locate the image tokens (and the latent tokens with `need_latents`) and check every sample, with ONE host
+        sync for the whole batch: all the counts the checks need travel to the host together.
 
-        Each sample's count must equal the tokens its images have by `image_grid_thw` (`t*h*w / merge**2`, the
-        images taken in order); a mismatch raises a `ValueError` naming the sample.
+        Checks, each a `ValueError` naming the sample: its image-token count equals the tokens its images have by
+        `image_grid_thw` (`t*h*w / merge**2` each, images taken in order); with `need_latents`, it holds each latent
+        token exactly once; with `trajectory_mask`, the target has one entry per image token.
         """
         is_image = input_ids == self.config.image_token_id
         counts = is_image.sum(dim=1)
         merge = self.config.vision_config.spatial_merge_size
-        per_image = (
-            (image_grid_thw.prod(dim=-1) // merge**2).tolist() if image_grid_thw is not None else []
-        )
+        pieces = {"image_counts": counts}
+        if image_grid_thw is not None:
+            pieces["per_image"] = image_grid_thw.prod(dim=-1) // merge**2
+        if need_latents:
+            if not self.config.latent_token_ids:
+                raise ValueError("config.latent_token_ids is unset: add the latent tokens first (from_qwen2_5_vl).")
+            hits = input_ids.unsqueeze(-1) == self.model.latent_ids(input_ids.device)  # (batch, seq, K)
+            pieces["latent_counts"] = hits.sum(dim=1).flatten()
+        if trajectory_mask is not None:
+            pieces["target_counts"] = trajectory_mask.sum(dim=-1).flatten()
+        if labels is not None:
+            pieces["num_labelled"] = (labels[:, 1:] != -100).sum().reshape(1)
+        flat = torch.cat([piece.to(device=input_ids.device, dtype=torch.long) for piece in pieces.values()]).tolist()
+        host, offset = {}, 0
+        for name, piece in pieces.items():
+            host[name], offset = flat[offset : offset + piece.numel()], offset + piece.numel()
+
+        image_counts, per_image = host["image_counts"], host.get("per_image", [])
         image_index = 0
-        for sample, count in enumerate(counts.tolist()):
+        for sample, count in enumerate(image_counts):
             expected = 0
             while expected < count and image_index < len(per_image):
                 expected += per_image[image_index]
@@ -700,56 +751,80 @@ class LaViTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
                 )
         if image_index != len(per_image):
             raise ValueError(f"image_grid_thw has {len(per_image)} images but input_ids hold {image_index}.")
-        max_n = int(counts.max()) if counts.numel() else 0
+        latent_positions = None
+        if need_latents:
+            k = self.config.num_latent_tokens
+            for sample in range(input_ids.shape[0]):
+                found = host["latent_counts"][sample * k : (sample + 1) * k]
+                if any(count != 1 for count in found):
+                    raise ValueError(
+                        f"Sample {sample}: expected each latent token {self.config.latent_token_ids} exactly once in "
+                        f"input_ids when teacher targets are given, found counts {found}."
+                    )
+            latent_positions = hits.to(torch.int8).argmax(dim=1)
+        if trajectory_mask is not None:
+            for sample, (have, want) in enumerate(zip(host["target_counts"], image_counts)):
+                if have != want:
+                    raise ValueError(
+                        f"Sample {sample}: trajectory_target has {have} entries but the sample has {want} image "
+                        "tokens; resample the teacher trajectory to the student's grid first."
+                    )
+        max_n = max(image_counts, default=0)
         # Positions of image tokens in order: sort keys put image positions first, stable in sequence order.
         order = torch.sort((~is_image).to(torch.int8), dim=1, stable=True).indices[:, :max_n]
         valid = torch.arange(max_n, device=input_ids.device) < counts.unsqueeze(1)
-        return order, valid
+        num_labelled = host["num_labelled"][0] if labels is not None else None
+        return TokenLayout(order, valid, image_counts, latent_positions, num_labelled)
 
     def predict_trajectory(
-        self, latent_state: torch.Tensor, hidden_states: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, latent_state: torch.Tensor, hidden_states: torch.Tensor, layout: TokenLayout
+    ) -> torch.Tensor:
         """The predicted log-distribution over each sample's image tokens (METHOD.md section 2, trajectory head):
         a query projection of the latent state dotted with the final hidden states at the image tokens, scaled by
-        `1/sqrt(d)` as an attention score is (so that a fresh head starts near uniform), then `log_softmax`.
-        `positions` and `valid` come from `image_token_mask`."""
-        empty = (~valid.any(dim=1)).nonzero().flatten().tolist()
+        `1/sqrt(d)` as an attention score is (so that a fresh head starts near uniform), then `log_softmax`."""
+        empty = [sample for sample, count in enumerate(layout.image_counts) if count == 0]
         if empty:
             raise ValueError(f"Sample {empty[0]}: no image tokens, so it has no trajectory to predict.")
+        positions, valid = layout.image_positions, layout.image_valid
         image_states = hidden_states.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden_states.shape[-1]))
         query = self.trajectory_query(latent_state)
         scores = torch.einsum("bd,bnd->bn", query.float(), image_states.float()) / math.sqrt(query.shape[-1])
-        return torch.log_softmax(scores.masked_fill(~valid, float("-inf")), dim=-1), valid
+        return torch.log_softmax(scores.masked_fill(~valid, float("-inf")), dim=-1)
 
     @staticmethod
-    def align_trajectory_target(
-        trajectory_target: torch.Tensor, trajectory_mask: torch.Tensor | None, image_mask: torch.Tensor
+    def check_trajectory_target(
+        trajectory_target: torch.Tensor, trajectory_mask: torch.Tensor | None, batch_size: int
     ) -> torch.Tensor:
-        """Check that each sample's target covers exactly its image tokens and pad it to the prediction's width."""
-        if trajectory_target.ndim != 2 or trajectory_target.shape[0] != image_mask.shape[0]:
+        """Check the target's shapes and return its mask (all entries when none was given)."""
+        if trajectory_target.ndim != 2 or trajectory_target.shape[0] != batch_size:
             raise ValueError(
-                f"trajectory_target has shape {tuple(trajectory_target.shape)}: expected (batch={image_mask.shape[0]},"
-                " max_image_tokens)."
+                f"trajectory_target has shape {tuple(trajectory_target.shape)}: expected (batch={batch_size}, "
+                "max_image_tokens)."
             )
         if trajectory_mask is None:
-            trajectory_mask = torch.ones_like(trajectory_target, dtype=torch.bool)
-        target_counts = trajectory_mask.sum(dim=1).tolist()
-        image_counts = image_mask.sum(dim=1).tolist()
-        for sample, (have, want) in enumerate(zip(target_counts, image_counts)):
-            if have != want:
-                raise ValueError(
-                    f"Sample {sample}: trajectory_target has {have} entries but the sample has {want} image tokens; "
-                    "resample the teacher trajectory to the student's grid first."
-                )
+            return torch.ones_like(trajectory_target, dtype=torch.bool)
         if trajectory_mask.shape != trajectory_target.shape:
             raise ValueError(
                 f"trajectory_mask has shape {tuple(trajectory_mask.shape)}, trajectory_target "
                 f"{tuple(trajectory_target.shape)}: they must match."
             )
-        # Equal counts per sample, so row-major boolean indexing pairs each sample's entries in order.
-        aligned = torch.zeros(image_mask.shape, dtype=torch.float32, device=trajectory_target.device)
-        aligned[image_mask] = trajectory_target.float()[trajectory_mask.bool()]
-        return aligned
+        return trajectory_mask.bool()
+
+    @staticmethod
+    def align_trajectory_target(
+        trajectory_target: torch.Tensor, trajectory_mask: torch.Tensor, image_valid: torch.Tensor
+    ) -> torch.Tensor:
+        """Each sample's target entries (those of `trajectory_mask`, in order) placed at its image tokens: a
+        `(batch_size, max_image_tokens)` tensor laid out as `image_valid`. The counts per sample must match
+        (`token_layout` checks them); no host sync."""
+        width = image_valid.shape[1]
+        if trajectory_target.shape[1] < width:  # a target narrower than the image tokens: pad it with masked zeros
+            pad = width - trajectory_target.shape[1]
+            trajectory_target = F.pad(trajectory_target, (0, pad))
+            trajectory_mask = F.pad(trajectory_mask, (0, pad))
+        # Each sample's entries first, in order (a stable sort), then as many as the widest sample has image tokens.
+        order = torch.sort((~trajectory_mask).to(torch.int8), dim=1, stable=True).indices[:, :width]
+        return trajectory_target.float().gather(1, order) * image_valid
 
     def prepare_inputs_for_generation(self, input_ids, *args, mask_latent: bool = False, **kwargs):
         model_inputs = super().prepare_inputs_for_generation(input_ids, *args, mask_latent=mask_latent, **kwargs)
@@ -764,6 +839,7 @@ __all__ = [
     "LaViTForConditionalGeneration",
     "LaViTModel",
     "PACKED_VISION_ATTENTION",
+    "TokenLayout",
     "add_latent_tokens",
     "labelled_causal_lm_loss",
     "latent_token_strings",

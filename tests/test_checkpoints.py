@@ -112,6 +112,6 @@ def test_a_reloaded_checkpoint_finds_its_latent_tokens(tiny_lavit_pair, tmp_path
     model.save_pretrained(tmp_path)
     loaded = LaViTForConditionalGeneration.from_pretrained(tmp_path)
     ids = processor(text=["a <lvr1><lvr2><lvr3><lvr4> b"], return_tensors="pt")["input_ids"]
-    positions = loaded.latent_positions(ids)
-    assert positions.tolist() == model.latent_positions(ids).tolist()
+    positions = loaded.token_layout(ids, need_latents=True).latent_positions
+    assert positions.tolist() == model.token_layout(ids, need_latents=True).latent_positions.tolist()
     assert loaded.model.latent_ids(ids.device).tolist() == model.config.latent_token_ids

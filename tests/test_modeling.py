@@ -375,6 +375,22 @@ def test_labelled_ce_equals_full_logit_ce(student, inputs):
         torch.testing.assert_close(labelled_causal_lm_loss(model.lm_head, hidden, labels), full)
         summed = model.loss_function(logits=model.lm_head(hidden), labels=labels, vocab_size=model.config.text_config.vocab_size, num_items_in_batch=7)
         torch.testing.assert_close(labelled_causal_lm_loss(model.lm_head, hidden, labels, 7), summed)
+        # The sync-free gather (the count known in advance, as the forward knows it) selects the same tokens.
+        count = int((labels[:, 1:] != -100).sum())
+        torch.testing.assert_close(labelled_causal_lm_loss(model.lm_head, hidden, labels, num_labelled=count), full)
+
+
+def test_trajectory_target_alignment_follows_any_mask():
+    """Each sample's masked entries land on its image tokens in order, wherever the mask's holes are."""
+    target = torch.tensor([[0.1, 0.9, 0.5, 0.0], [0.2, 0.3, 0.5, 0.7]])
+    mask = torch.tensor([[True, False, True, False], [True, True, True, False]])
+    image_valid = torch.tensor([[True, True, False], [True, True, True]])
+    aligned = LaViTForConditionalGeneration.align_trajectory_target(target, mask, image_valid)
+    torch.testing.assert_close(aligned, torch.tensor([[0.1, 0.5, 0.0], [0.2, 0.3, 0.5]]))
+    narrow = torch.tensor([[0.4, 0.6], [1.0, 0.0]]), torch.tensor([[True, True], [True, False]])
+    wider = torch.tensor([[True, True, False], [True, False, False]])
+    aligned = LaViTForConditionalGeneration.align_trajectory_target(*narrow, wider)
+    torch.testing.assert_close(aligned, torch.tensor([[0.4, 0.6, 0.0], [1.0, 0.0, 0.0]]))
 
 
 # --- speed paths that must not change the function ----------------------------------------------------------------

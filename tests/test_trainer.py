@@ -165,6 +165,27 @@ def test_gradient_accumulation_matches_one_large_batch(tiny_lavit_pair, dataset,
         assert value == pytest.approx(losses[1][key], rel=1e-5), key
 
 
+def test_torch_compile_compiles_each_block_in_place(tiny_lavit_pair, dataset, tmp_path):
+    """`torch_compile=True` compiles every decoder layer and vision block in place (the model stays the same object
+    with the same state-dict keys, and accelerate does not compile it again) and trains as the eager model does."""
+    runs = {}
+    for compiled in (False, True):
+        model = copy.deepcopy(tiny_lavit_pair[0])
+        keys = list(model.state_dict())
+        extra = {"torch_compile": True, "torch_compile_backend": "aot_eager"} if compiled else {}
+        args = _args(tmp_path / str(compiled), stage_schedule="stage1", max_steps=2, **extra)
+        trainer = LaViTTrainer(model, args, train_dataset=dataset.select(range(4)), processing_class=tiny_lavit_pair[1])
+        trainer.train()
+        blocks = [*model.model.language_model.layers, *model.model.visual.blocks]
+        assert all((block._compiled_call_impl is not None) == compiled for block in blocks)
+        assert trainer.model is model and list(model.state_dict()) == keys
+        runs[compiled] = [_logged(trainer, key) for key in ("loss", *LOSSES)], model.state_dict()
+    for eager, compiled in zip(runs[False][0], runs[True][0]):
+        assert compiled == pytest.approx(eager, rel=1e-4)
+    for name, value in runs[False][1].items():
+        torch.testing.assert_close(runs[True][1][name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def _capture_decoder_mask(model):
     """Record the attention mask that the first decoder layer receives in each forward."""
     seen = []

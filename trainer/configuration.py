@@ -43,6 +43,10 @@ class LaViTTrainingArguments(TrainingArguments):
     > - `learning_rate=5e-6`, `warmup_steps=0.06` (a ratio), `weight_decay=0.1`.
     > - `per_device_train_batch_size=1`, `gradient_accumulation_steps=16`.
     > - `logging_steps=10`, `prediction_loss_only=True` (evaluation needs the losses, never 152k-wide logits).
+    >
+    > `torch_compile=True` compiles each decoder layer and vision block in place (`compile_repeated_blocks`), not
+    > the whole model as `Trainer` would: the image-text merge and the masks are full of host syncs and
+    > data-dependent shapes, and the blocks are where the step's elementwise work fuses.
     """
 
     # Parameters that control the model

@@ -110,6 +110,10 @@ class LaViTTrainer(Trainer):
                 trajectory_method=args.trajectory_method,
                 vtop_source=args.vtop_source,
             )
+        if args.torch_compile:
+            # Regional, in place (see `compile_repeated_blocks`); `_build_accelerator_args` keeps accelerate from
+            # compiling the whole model on top.
+            compile_repeated_blocks(model, backend=args.torch_compile_backend, mode=args.torch_compile_mode)
         self.stage_history = list(stage_history or [])
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         super().__init__(
@@ -157,6 +161,14 @@ class LaViTTrainer(Trainer):
                 # CE is logged, not trained on: an untied LM head gets no gradient, which DDP without unused-parameter
                 # detection (the Trainer's choice under activation checkpointing) refuses at the next step.
                 model.lm_head.requires_grad_(False)
+
+    def _build_accelerator_args(self, **kwargs) -> dict[str, Any]:
+        args = super()._build_accelerator_args(**kwargs)
+        if self.args.torch_compile:
+            from accelerate.utils import TorchDynamoPlugin
+
+            args["dynamo_plugin"] = TorchDynamoPlugin(backend="no")  # the blocks are compiled already
+        return args
 
     def _set_signature_columns_if_needed(self) -> None:
         # The collator reads raw columns (image, question, teacher targets) that are not forward arguments.
@@ -241,12 +253,13 @@ class LaViTTrainer(Trainer):
                 if value is not None:
                     scale = ce_log_scale if name == "loss_ce" else 1.0
                     gathered = self.accelerator.gather_for_metrics(value.detach().float().reshape(1) * scale)
-                    self._metrics[mode][name].append(gathered.mean().item())
+                    # Kept on the device until `log`: an `.item()` here would stall every step on a host sync.
+                    self._metrics[mode][name].append(gathered.mean())
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
-        metrics = {key: sum(values) / len(values) for key, values in self._metrics[mode].items() if values}
+        metrics = {key: torch.stack(values).mean().item() for key, values in self._metrics[mode].items() if values}
         if mode == "eval":
             metrics = {f"eval_{key}": value for key, value in metrics.items()}
         super().log({**logs, **metrics}, start_time)
@@ -299,6 +312,29 @@ class LaViTTrainer(Trainer):
         write_model_card(self, model_name=model_name, dataset_name=dataset_name, tags=tags + self._tag_names)
 
 
+def compile_repeated_blocks(model: nn.Module, vision: bool = True, **compile_kwargs) -> int:
+    """`torch.compile` each decoder layer of the language model (and each vision block with `vision`) in place;
+    returns how many blocks were compiled.
+
+    Regional compilation, as accelerate's `compile_regions` does, but in place and only where it pays: the layers are
+    where a step's elementwise work (RMSNorm, rotary, SwiGLU, residuals) fuses, and one compiled graph serves every
+    layer. The model stays the same object, so its state dict, `save_pretrained` and `set_training_stage` are those of
+    the eager model; the image-text merge, the masks and the heads (host syncs, data-dependent shapes) stay eager
+    rather than breaking a whole-model graph.
+    """
+    inner = getattr(model, "module", model)  # a DDP-wrapped model
+    blocks = list(inner.model.language_model.layers)
+    if vision:
+        blocks += list(inner.model.visual.blocks)
+    # Both kinds of block run through one code object (`GradientCheckpointingLayer.__call__`), each in a few
+    # variants (grad mode, stage-1 mask or none, static then dynamic lengths): more than dynamo's default limit of 8,
+    # past which the remaining calls would silently run eager.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    for block in blocks:
+        block.compile(**compile_kwargs)
+    return len(blocks)
+
+
 def set_pixel_limits(processor, min_pixels: int, max_pixels: int) -> None:
     """Give the processor's image processor the training pixel limits, so that the saved processor (and evaluation
     with it) resizes images exactly as training did (METHOD.md section 4: same limits everywhere)."""
@@ -349,4 +385,4 @@ def repair_remote_code(save_directory: str | os.PathLike, model: nn.Module) -> b
     return True
 
 
-__all__ = ["LaViTTrainer", "repair_remote_code", "set_pixel_limits"]
+__all__ = ["LaViTTrainer", "compile_repeated_blocks", "repair_remote_code", "set_pixel_limits"]
