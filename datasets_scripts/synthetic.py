@@ -1,10 +1,15 @@
 """A procedurally generated visual question-answering task, deterministic by seed: the demo's data and benchmark.
 
 Each image holds two or three shapes (circle, square, triangle) of distinct colours at distinct places and sizes.
-Questions need the image: the colour of a named shape, the shape of a named colour, which of two shapes is larger,
-and the colour of the shape left of another. Every sample records the box of the object its answer is about,
-normalised to the image padded to a square (as Visual-CoT boxes are, METHOD.md section 5), so the demo can check
-where a trajectory looks.
+Questions need the image: the colour of the largest shape, how many shapes there are, the colour of a named shape,
+the shape of a named colour, which of two shapes is larger, and the colour of the shape left of another. Every
+sample records the box of the object its answer is about (all the shapes for a count), normalised to the image padded
+to a square (as Visual-CoT boxes are, METHOD.md section 5), so the demo can check where a trajectory looks.
+
+`DEFAULT_QUESTION_TYPES` are the two a tiny model learns in minutes on a CPU (the colour of the largest shape and the
+count: an attention spread over the shapes answers both). The other four bind a word of the question to one shape
+of the image, which the demo's tiny teacher does not learn in its budget (it stays at chance on them); pass them
+with `question_types` to make the task harder.
 """
 
 import json
@@ -22,8 +27,10 @@ logger = logging.getLogger(__name__)
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 40)}
 SHAPES = ("circle", "square", "triangle")
-QUESTION_TYPES = ("colour_of_shape", "shape_of_colour", "larger", "left_of")
-ANSWER_VOCABULARY = tuple(COLOURS) + SHAPES
+COUNTS = {2: "two", 3: "three"}
+QUESTION_TYPES = ("colour_of_largest", "count", "colour_of_shape", "shape_of_colour", "larger", "left_of")
+DEFAULT_QUESTION_TYPES = ("colour_of_largest", "count")
+ANSWER_VOCABULARY = tuple(COLOURS) + SHAPES + tuple(COUNTS.values())
 
 SYNTHETIC_FEATURES = datasets.Features(
     {
@@ -80,20 +87,32 @@ def place_shapes(rng: random.Random, size: int, count: int) -> list[Shape]:
     return shapes
 
 
-def ask(rng: random.Random, shapes: list[Shape]) -> tuple[str, str, str, Shape]:
-    """A question about `shapes`: (question type, question, answer, the shape the answer is about)."""
-    kind = rng.choice(QUESTION_TYPES if len(shapes) > 1 else QUESTION_TYPES[:2])
+def ask(
+    rng: random.Random, shapes: list[Shape], question_types: tuple[str, ...] = DEFAULT_QUESTION_TYPES
+) -> tuple[str, str, str, tuple[int, int, int, int]]:
+    """A question about two or three `shapes`: (question type, question, answer, the pixel box the answer is
+    about)."""
+    kind = rng.choice(question_types)
     target = rng.choice(shapes)
+    if kind == "colour_of_largest":
+        largest = max(shapes, key=lambda s: s.radius)
+        return kind, "What colour is the largest shape?", largest.colour, largest.box
+    if kind == "count":
+        boxes = [shape.box for shape in shapes]
+        union = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+        return kind, "How many shapes are there?", COUNTS[len(shapes)], union
     if kind == "colour_of_shape":
-        return kind, f"What colour is the {target.kind}?", target.colour, target
+        return kind, f"What colour is the {target.kind}?", target.colour, target.box
     if kind == "shape_of_colour":
-        return kind, f"What shape is {target.colour}?", target.kind, target
+        return kind, f"What shape is {target.colour}?", target.kind, target.box
     first, second = rng.sample(shapes, 2)
     if kind == "larger":
         larger = max(first, second, key=lambda s: s.radius)
-        return kind, f"Which is larger, the {first.kind} or the {second.kind}?", larger.kind, larger
-    right, left = sorted((first, second), key=lambda s: -s.centre[0])
-    return kind, f"What colour is the shape left of the {right.kind}?", left.colour, left
+        return kind, f"Which is larger, the {first.kind} or the {second.kind}?", larger.kind, larger.box
+    if kind == "left_of":
+        right, left = sorted((first, second), key=lambda s: -s.centre[0])
+        return kind, f"What colour is the shape left of the {right.kind}?", left.colour, left.box
+    raise ValueError(f"Unknown question type {kind!r}: expected one of {QUESTION_TYPES}.")
 
 
 def padded_square_box(box: tuple[int, int, int, int], width: int, height: int) -> list[float]:
@@ -104,13 +123,22 @@ def padded_square_box(box: tuple[int, int, int, int], width: int, height: int) -
     return [(x0 + dx) / side, (y0 + dy) / side, (x1 + dx) / side, (y1 + dy) / side]
 
 
-def generate_samples(count: int, seed: int, image_size: int = 112, split: str = "train") -> list[dict]:
-    """`count` samples of the task, the same for the same arguments."""
+def generate_samples(
+    count: int,
+    seed: int,
+    image_size: int = 112,
+    split: str = "train",
+    question_types: tuple[str, ...] = DEFAULT_QUESTION_TYPES,
+) -> list[dict]:
+    """`count` samples of the task with questions of `question_types`, the same for the same arguments."""
+    unknown = sorted(set(question_types) - set(QUESTION_TYPES))
+    if unknown or not question_types:
+        raise ValueError(f"Question types {unknown or '(none)'}: expected some of {QUESTION_TYPES}.")
     rng = random.Random(f"{seed}-{split}")
     samples = []
     for index in range(count):
-        shapes = place_shapes(rng, image_size, rng.choice((2, 3)))
-        question_type, question, answer, target = ask(rng, shapes)
+        shapes = place_shapes(rng, image_size, rng.choice(tuple(COUNTS)))
+        question_type, question, answer, box = ask(rng, shapes, tuple(question_types))
         samples.append(
             {
                 "id": f"{split}-{index:06d}",
@@ -118,7 +146,7 @@ def generate_samples(count: int, seed: int, image_size: int = 112, split: str = 
                 "question": question,
                 "answer": answer,
                 "question_type": question_type,
-                "bbox": padded_square_box(target.box, image_size, image_size),
+                "bbox": padded_square_box(box, image_size, image_size),
             }
         )
     return samples
@@ -146,6 +174,7 @@ def synthetic_dataset(samples: list[dict]) -> datasets.Dataset:
 
 __all__ = [
     "ANSWER_VOCABULARY",
+    "DEFAULT_QUESTION_TYPES",
     "QUESTION_TYPES",
     "SYNTHETIC_FEATURES",
     "generate_samples",

@@ -21,13 +21,13 @@ _CITATION = """\
 
 _DESCRIPTION = """\
 Accuracy of free-text answers on the shapes task: images of two or three coloured shapes and questions whose
-one-word answers (a colour or a shape) need the image. Overall accuracy, accuracy per question type, and the number
+one-word answers (a colour, a shape or a count) need the image. Overall accuracy, accuracy per question type, and the number
 of answers that name no word of the answer vocabulary (counted wrong).
 """
 
 _KWARGS_DESCRIPTION = """
 Answer extraction: the prediction is lower-cased; the first whole word of the vocabulary (red, green, blue, yellow,
-circle, square, triangle) in it is the answer; a prediction without one is unparsed and wrong.
+circle, square, triangle, two, three) in it is the answer; a prediction without one is unparsed and wrong.
 
 Args:
     predictions (`list` of `dict`): `{"id": str, "prediction": str}`, the model's raw answers.
@@ -50,7 +50,7 @@ Examples:
     {'accuracy': 0.5, 'accuracy_colour_of_shape': 1.0, 'accuracy_shape_of_colour': 0.0, 'unparsed': 1}
 """
 
-VOCABULARY = ("red", "green", "blue", "yellow", "circle", "square", "triangle")
+VOCABULARY = ("red", "green", "blue", "yellow", "circle", "square", "triangle", "two", "three")
 _WORD = re.compile(r"\b(" + "|".join(VOCABULARY) + r")\b")
 
 
