@@ -254,12 +254,8 @@ def loss_curves(runs: dict[str, Path], path: Path) -> None:
     plt.close(figure)
 
 
-def trajectory_heatmaps(student_dir: Path, rows: list[dict[str, Any]], path: Path, device: str) -> None:
-    """For held-out images: the image, the teacher's trajectory and the student's predicted one."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def predicted_trajectories(student_dir: Path, rows: list[dict[str, Any]], device: str, batch_size: int = 16):
+    """The LaViT student's predicted trajectory over each row's image tokens, as `(h, w)` maps on its own grid."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from trainer.collator import DataCollatorForLaViT
@@ -267,15 +263,26 @@ def trajectory_heatmaps(student_dir: Path, rows: list[dict[str, Any]], path: Pat
     model = AutoModelForImageTextToText.from_pretrained(student_dir).to(device).eval()
     processor = AutoProcessor.from_pretrained(student_dir)
     collator = DataCollatorForLaViT(processor=processor, num_latent_tokens=model.config.num_latent_tokens)
-    batch = collator(rows)
-    with torch.no_grad():
-        output = model(**{k: v.to(device) for k, v in batch.items() if k != "labels"})
-    grids = (batch["image_grid_thw"][:, 1:] // 2).tolist()
+    maps = []
+    for start in range(0, len(rows), batch_size):
+        batch = collator(rows[start : start + batch_size])
+        with torch.no_grad():
+            output = model(**{k: v.to(device) for k, v in batch.items() if k != "labels"})
+        for row_index, (h, w) in enumerate((batch["image_grid_thw"][:, 1:] // 2).tolist()):
+            maps.append(output.trajectory_log_probs[row_index, : h * w].exp().view(h, w).cpu())
+    return maps
+
+
+def trajectory_heatmaps(rows: list[dict[str, Any]], predicted: list[torch.Tensor], path: Path) -> None:
+    """For held-out images: the image, the teacher's trajectory and the student's predicted one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     figure, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.5 * len(rows)), squeeze=False)
-    for row_index, (row, (h, w)) in enumerate(zip(rows, grids)):
-        teacher_h, teacher_w = row["teacher_grid"]
-        teacher = torch.tensor(row["trajectory_attention"]).view(teacher_h, teacher_w)
-        student = output.trajectory_log_probs[row_index, : h * w].exp().view(h, w).cpu()
+    for row_index, (row, student) in enumerate(zip(rows, predicted)):
+        teacher = torch.tensor(row["trajectory_attention"]).view(*row["teacher_grid"])
         panels = [(row["image"], row["question"]), (teacher, "teacher trajectory"), (student, "student prediction")]
         for axis, (content, title) in zip(axes[row_index], panels):
             axis.imshow(content, cmap=None if title == row["question"] else "magma")
@@ -286,7 +293,24 @@ def trajectory_heatmaps(student_dir: Path, rows: list[dict[str, Any]], path: Pat
     plt.close(figure)
 
 
-def write_report(out: Path, scores: dict[str, dict[str, Any]], args, test_size: int) -> str:
+def mass_in_answer_box(rows: list[dict[str, Any]], predicted: list[torch.Tensor]) -> dict[str, float]:
+    """Mean share of each trajectory's mass inside the box of the object the answer is about (all the shapes for a
+    count), for the teacher, the LaViT student's prediction, and a uniform map (the box's share of the image)."""
+    from datasets_scripts.box_filter import box_mass
+
+    shares = {"teacher": [], "LaViT student": [], "uniform": []}
+    for row, student in zip(rows, predicted):
+        size = tuple(row["image_size"])
+        grid = tuple(row["teacher_grid"])
+        shares["teacher"].append(box_mass(row["trajectory_attention"], grid, size, row["bbox"]))
+        shares["LaViT student"].append(box_mass(student.flatten(), tuple(student.shape), size, row["bbox"]))
+        shares["uniform"].append(box_mass(torch.full(grid, 1.0 / (grid[0] * grid[1])), grid, size, row["bbox"]))
+    return {name: sum(values) / len(values) for name, values in shares.items()}
+
+
+def write_report(
+    out: Path, scores: dict[str, dict[str, Any]], box_shares: dict[str, float], args, test_size: int
+) -> str:
     columns = sorted({key for result in scores.values() for key in result})
     lines = [
         "# LaViT demo report",
@@ -315,6 +339,9 @@ def write_report(out: Path, scores: dict[str, dict[str, Any]], args, test_size: 
         "colour (guessing among the four, or among those present).",
         f"- The LaViT student answers {lavit:.1%}, the CE-only student {ce_only:.1%}: a gap of "
         f"{lavit - ce_only:+.1%}, {verdict} than two binomial standard errors ({noise:.1%}) on {test_size} items.",
+        f"- Where the trajectories look (share of the mass inside the answer's box, mean over the held-out items): "
+        f"teacher {box_shares['teacher']:.1%}, LaViT student's prediction {box_shares['LaViT student']:.1%}, "
+        f"a uniform map {box_shares['uniform']:.1%}.",
         "- These are tiny random-init models trained for minutes; the figures show the pipeline end to end and its "
         "diagnostics, not the paper's effect sizes.",
         "",
@@ -369,9 +396,11 @@ def main(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         {"LaViT (stage 1 + 2)": [out / "students" / "lavit" / "stage1", lavit_dir], "CE-only": [ce_dir]},
         out / "loss_curves.png",
     )
-    held_out = load_dataset(str(datasets_dir["test"]), split="train")
-    trajectory_heatmaps(lavit_dir, [held_out[i] for i in range(args.heatmaps)], out / "trajectories.png", args.device)
-    logger.info("\n%s", write_report(out, scores, args, len(test_samples)))
+    held_out = list(load_dataset(str(datasets_dir["test"]), split="train"))
+    predicted = predicted_trajectories(lavit_dir, held_out, args.device, args.batch_size)
+    trajectory_heatmaps(held_out[: args.heatmaps], predicted, out / "trajectories.png")
+    box_shares = mass_in_answer_box(held_out, predicted)
+    logger.info("\n%s", write_report(out, scores, box_shares, args, len(test_samples)))
     return scores
 
 

@@ -31,6 +31,7 @@ def test_every_artifact_exists_and_loads(demo_run):
     assert all(0.0 <= result["accuracy"] <= 1.0 and "unparsed" in result for result in scores.values())
     report = (out / "report.md").read_text()
     assert "| LaViT student |" in report and "## What the numbers show" in report
+    assert "inside the answer's box" in report
     for figure in ("loss_curves.png", "trajectories.png"):
         assert Image.open(out / figure).size[0] > 200
     dataset = load_dataset(str(out / "dataset" / "train"), split="train")
