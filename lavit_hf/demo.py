@@ -41,9 +41,11 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="demo_out", help="output folder (a rerun resumes from what is there)")
     parser.add_argument("--device", default="cpu", help="torch device for every step (cpu, cuda)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the task, the models and the training")
-    parser.add_argument("--train-size", type=int, default=400, help="training samples of the task")
+    parser.add_argument("--train-size", type=int, default=2000, help="training samples of the task (the distillation set)")
     parser.add_argument("--test-size", type=int, default=100, help="held-out benchmark items")
     parser.add_argument("--teacher-hidden-size", type=int, default=128, help="width of the tiny teacher")
+    parser.add_argument("--student-hidden-size", type=int, default=128,
+                        help="width of the tiny students (at 64 they stayed at chance in 200 steps)")
     parser.add_argument("--teacher-steps", type=int, default=300, help="fine-tuning steps that make the teacher competent")
     parser.add_argument("--question-types", nargs="+", default=list(DEFAULT_QUESTION_TYPES), choices=QUESTION_TYPES,
                         help="question types of the task (the default two are the ones a tiny teacher learns in minutes)")
@@ -319,7 +321,8 @@ def write_report(
         f"items (seed {args.seed}). Teacher: tiny Qwen2.5-VL (hidden {args.teacher_hidden_size}), projector "
         f"calibrated, language model fine-tuned {args.teacher_steps} steps on "
         f"{args.teacher_steps * args.batch_size} fresh samples. "
-        f"Students: tiny LaViT (hidden 64), {args.student_steps} steps each, batch {args.batch_size}.",
+        f"Students: tiny LaViT (hidden {args.student_hidden_size}), {args.student_steps} steps each, batch "
+        f"{args.batch_size}.",
         "",
         "| model | " + " | ".join(columns) + " |",
         "| --- | " + " | ".join("---" for _ in columns) + " |",
@@ -381,7 +384,9 @@ def main(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
     base = out / "student_base"
     if not (base / "config.json").is_file():
-        model, processor = build_tiny_qwen2_5_vl(seed=args.seed + 1, min_pixels=IMAGE_SIZE**2, max_pixels=IMAGE_SIZE**2)
+        model, processor = build_tiny_qwen2_5_vl(
+            seed=args.seed + 1, hidden_size=args.student_hidden_size, min_pixels=IMAGE_SIZE**2, max_pixels=IMAGE_SIZE**2
+        )
         calibrate_image_features(model, processor, calibration_images)
         model.save_pretrained(base)
         processor.save_pretrained(base)
