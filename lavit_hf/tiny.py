@@ -137,10 +137,10 @@ def calibrate_image_features(model, processor, images: list, batch_size: int = 6
     features = []
     for start in range(0, len(images), batch_size):
         inputs = processor.image_processor(images=images[start : start + batch_size], return_tensors="pt")
-        output = model.model.get_image_features(
+        per_image = model.model.get_image_features(
             inputs["pixel_values"].to(device, model.dtype), inputs["image_grid_thw"].to(device)
-        ).pooler_output
-        features.append(torch.cat(list(output)) if isinstance(output, (list, tuple)) else output)
+        ).pooler_output  # one tensor per image
+        features.extend(per_image)
     features = torch.cat(features).float()
     scale = model.get_input_embeddings().weight.float().std() / features.std(dim=0).clamp_min(1e-6)
     last = model.model.visual.merger.mlp[-1]
