@@ -26,13 +26,14 @@ import torch
 from PIL import Image
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from shapes import shape_config  # noqa: E402
 
 from datasets_scripts.teacher import ExtractionSettings, GenerationSettings, TeacherExtractor, normalise
 from lavit_hf import build_qwen2_5_vl_processor, build_tiny_qwen2_5_vl
-from lavit_hf.modeling_lavit import use_packed_vision_attention
+from lavit_hf.attention import use_packed_vision_attention
 
 
 logger = logging.getLogger(__name__)

@@ -100,7 +100,7 @@ def build_model(
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     from lavit_hf import LaViTConfig, LaViTForConditionalGeneration, add_latent_tokens
-    from lavit_hf.modeling_lavit import use_packed_vision_attention
+    from lavit_hf.attention import use_packed_vision_attention
 
     fields = model_config(shape, len(processor.tokenizer))
     if kind in ("plain", "stock"):
@@ -141,8 +141,8 @@ def build_model(
 def make_batches(shape: str, processor, batch_size: int) -> dict[str, dict]:
     """One collated batch per case: each single image size, and (batch size 2 or more) a mixed batch alternating
     them, padded to its longest sample."""
+    from lavit_hf.testing_utils import synthetic_lavit_rows
     from trainer.collator import DataCollatorForLaViT
-    from trainer.synthetic import synthetic_lavit_rows
 
     sizes, answer_words, teacher_hidden = SHAPES[shape]
     collator = DataCollatorForLaViT(processor, teacher_hidden_size=teacher_hidden)

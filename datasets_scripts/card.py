@@ -9,7 +9,7 @@ from typing import Any
 import datasets
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from . import schema
+from lavit_hf import schema
 
 
 logger = logging.getLogger(__name__)

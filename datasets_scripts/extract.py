@@ -31,10 +31,10 @@ import datasets
 import torch
 from tqdm.auto import tqdm
 
-from lavit_hf.modeling_lavit import use_packed_vision_attention
+from lavit_hf import schema
+from lavit_hf.attention import use_packed_vision_attention
+from lavit_hf.grids import BBOX_FRAMES, box_mass
 
-from . import schema
-from .box_filter import BBOX_FRAMES, box_mass
 from .card import write_card, write_manifest
 from .sources import ColumnNames, SourceRecord, image_bytes, load_image, read_source
 from .teacher import (
@@ -529,7 +529,7 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":  # `accelerate launch -m datasets_scripts.extract ...`
-    from lavit_hf.cli import parse_with_config
+    from lavit_hf.arguments import parse_with_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     main(parse_with_config(make_parser(), sys.argv[1:]))

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets.arrow_writer import ParquetWriter
 
-from .schema import ID
+from lavit_hf.schema import ID
 
 
 logger = logging.getLogger(__name__)

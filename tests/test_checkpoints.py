@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from lavit_cli.cli import main as lavit_main
 from lavit_hf import LaViTForConditionalGeneration
-from lavit_hf.cli import main as lavit_main
 
 
 def text_inputs(processor, text="The quick brown fox"):

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from datasets_scripts import schema
-from datasets_scripts.grids import resample_grid, resample_trajectory
+from lavit_hf import schema
+from lavit_hf.grids import resample_grid, resample_trajectory
+from lavit_hf.testing_utils import synthetic_lavit_dataset, synthetic_lavit_rows
 from trainer.collator import DataCollatorForLaViT
-from trainer.synthetic import synthetic_lavit_dataset, synthetic_lavit_rows
 from trainer.train import with_target_format
 
 

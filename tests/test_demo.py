@@ -7,9 +7,9 @@ from datasets import load_dataset
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
-from datasets_scripts.schema import TRAJECTORY_ATTENTION, VTOP
+from lavit_cli import demo
 from lavit_hf import LaViTForConditionalGeneration
-from lavit_hf import demo
+from lavit_hf.schema import TRAJECTORY_ATTENTION, VTOP
 
 
 ARGS = [

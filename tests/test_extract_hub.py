@@ -14,8 +14,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PUSH_AND_LOAD = """
 import json, sys
 import datasets
-from lavit_hf.cli import main
-from datasets_scripts import schema
+from lavit_cli.cli import main
+from lavit_hf import schema
 main(sys.argv[1:])
 ds = datasets.load_dataset("fake-user/lavit-tiny", split="train")
 local = datasets.load_dataset(sys.argv[sys.argv.index("--output-dir") + 1], split="train")

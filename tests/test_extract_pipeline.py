@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets_scripts import schema
 from datasets_scripts.extract import ExtractionFailure, main, make_parser
 from datasets_scripts.writer import ABORT_ENV
-from lavit_hf.cli import parse_with_config
+from lavit_hf import schema
+from lavit_hf.arguments import parse_with_config
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -118,7 +118,7 @@ def test_strict_stops_at_first_bad_record(workspace, tiny_teacher_dir, tmp_path)
 
 def test_resume_after_kill_equals_uninterrupted(workspace, tiny_teacher_dir, reference, tmp_path):
     out = tmp_path / "killed"
-    argv = ["-c", "from lavit_hf.cli import main; import sys; main(sys.argv[1:])", "extract",
+    argv = ["-c", "from lavit_cli.cli import main; import sys; main(sys.argv[1:])", "extract",
             "--source", str(workspace / "viscot.json"), "--image-root", str(workspace / "images"),
             "--teacher", str(tiny_teacher_dir), "--output-dir", str(out), "--max-new-tokens", "6",
             "--generation-batch-size", "2", "--chunk-size", "2", "--methods", "attention", "gradient",
@@ -155,7 +155,7 @@ def test_box_filter_drops_samples_outside_the_box(workspace, tiny_teacher_dir, r
     kept = rows(out)
     assert len(kept) + len(filtered) == 5
     assert all(f["box_mass"] < 0.2 for f in filtered)
-    from datasets_scripts.box_filter import box_mass
+    from lavit_hf.grids import box_mass
 
     for row in kept:
         assert box_mass(row[schema.TRAJECTORY_ATTENTION], row[schema.TEACHER_GRID], row[schema.IMAGE_SIZE],

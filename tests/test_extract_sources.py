@@ -6,8 +6,8 @@ import datasets
 import pytest
 from PIL import Image
 
-from datasets_scripts.box_filter import box_in_image, box_mass
 from datasets_scripts.sources import RecordFormatError, load_image, read_source
+from lavit_hf.grids import box_in_image, box_mass
 
 
 def viscot4(qid, image="a.png", box="[0.1, 0.2, 0.5, 0.6]"):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from datasets_scripts.grids import resample_grid, resample_trajectory
+from lavit_hf.grids import resample_grid, resample_trajectory
 
 
 def test_identity_when_grids_match():

@@ -405,7 +405,7 @@ def vision_inputs(processor, sizes):
 def test_packed_vision_attention_equals_the_window_loop(student, sizes):
     """One sdpa call per layer over the packed windows (all windows full: a reshape; ragged: padded and masked)
     equals Qwen's loop of one sdpa call per window, in float32 and bfloat16, and passes the same gradient."""
-    from lavit_hf.modeling_lavit import PACKED_VISION_ATTENTION, use_packed_vision_attention
+    from lavit_hf.attention import PACKED_VISION_ATTENTION, use_packed_vision_attention
 
     model, processor = student
     model = copy.deepcopy(model).float()

@@ -22,12 +22,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from datasets_scripts import schema
 from datasets_scripts.extract import main as extract_main
 from datasets_scripts.extract import make_parser as extract_parser
 from datasets_scripts.writer import shard_dir_name
-from lavit_hf.cli import parse_with_config
-from trainer.synthetic import synthetic_lavit_dataset
+from lavit_hf import schema
+from lavit_hf.arguments import parse_with_config
+from lavit_hf.testing_utils import synthetic_lavit_dataset
 from trainer.train import main as train_main
 from trainer.train import make_parser as train_parser
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 import yaml
 
-from lavit_hf.cli import parse_with_config
+from lavit_hf.arguments import parse_with_config
+from lavit_hf.testing_utils import synthetic_lavit_dataset
 from trainer import LaViTTrainer, LaViTTrainingArguments
-from trainer.synthetic import synthetic_lavit_dataset
 from trainer.train import main, make_parser, run_schedule, to_training_arguments, with_target_format
 
 

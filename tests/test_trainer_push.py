@@ -7,9 +7,9 @@ import textwrap
 from pathlib import Path
 
 import yaml
-
 from fake_hub import fake_hub_env
-from trainer.synthetic import synthetic_lavit_dataset
+
+from lavit_hf.testing_utils import synthetic_lavit_dataset
 
 
 D = 48

@@ -1,4 +1,4 @@
-"""`DataCollatorForLaViT`: rows of a LaViT dataset (`datasets_scripts.schema`) to `LaViTForConditionalGeneration`
+"""`DataCollatorForLaViT`: rows of a LaViT dataset (`lavit_hf.schema`) to `LaViTForConditionalGeneration`
 inputs, images processed on the fly (like TRL's `DataCollatorForVisionLanguageModeling`)."""
 
 import logging
@@ -11,8 +11,8 @@ import torch
 from transformers.data.data_collator import DataCollatorMixin
 from transformers.processing_utils import ProcessorMixin
 
-from datasets_scripts import schema
-from datasets_scripts.grids import resample_grid, resample_trajectory
+from lavit_hf import schema
+from lavit_hf.grids import resample_grid, resample_trajectory
 
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from transformers import PreTrainedModel, Trainer
 from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from lavit_hf.modeling_lavit import use_packed_vision_attention
+from lavit_hf.attention import use_packed_vision_attention
 
 from .collator import DataCollatorForLaViT
 from .configuration import LaViTTrainingArguments
@@ -50,7 +50,7 @@ class LaViTTrainer(Trainer):
         data_collator (`DataCollatorForLaViT`, *optional*):
             Built from `args` and the processor when omitted.
         train_dataset, eval_dataset (`datasets.Dataset`, *optional*):
-            LaViT datasets (`datasets_scripts.schema`).
+            LaViT datasets (`lavit_hf.schema`).
         processing_class (`ProcessorMixin`, *optional*):
             The student's processor; defaults to `model.processor`. Saved with every checkpoint.
         stage_history (`list[dict]`, *optional*):
@@ -149,7 +149,7 @@ class LaViTTrainer(Trainer):
         config.use_cache = False
         model.requires_grad_(True)
         # Speed only (same function): the vision tower's windowed attention as one sdpa call per layer instead of one
-        # per window after a host sync (modeling_lavit.packed_sdpa_attention_forward); only "sdpa" is switched.
+        # per window after a host sync (lavit_hf.attention.packed_sdpa_attention_forward); only "sdpa" is switched.
         use_packed_vision_attention(model)
         if args.freeze_vision:
             model.model.visual.requires_grad_(False)

@@ -46,7 +46,7 @@ def make_parser():
 
 
 def to_training_arguments(args: argparse.Namespace | LaViTTrainingArguments) -> LaViTTrainingArguments:
-    """The dataclass from what `lavit_hf.cli.parse_with_config` returns (a Namespace with one entry per field)."""
+    """The dataclass from what `lavit_hf.arguments.parse_with_config` returns (a Namespace with one entry per field)."""
     if isinstance(args, LaViTTrainingArguments):
         return args
     names = {field.name for field in dataclasses.fields(LaViTTrainingArguments) if field.init}
@@ -93,7 +93,7 @@ def load_datasets(args: LaViTTrainingArguments):
     faster than nested lists, HF_NOTES.md) while the image and text columns stay Python objects."""
     from datasets import load_dataset
 
-    from datasets_scripts import schema
+    from lavit_hf import schema
 
     if args.dataset_name_or_path is None:
         raise ValueError("Pass --dataset_name_or_path (a LaViT dataset written by `lavit extract`).")
@@ -107,7 +107,7 @@ def load_datasets(args: LaViTTrainingArguments):
 
 def with_target_format(dataset):
     """`dataset` with its numeric teacher-target columns formatted as torch tensors, the others left as they are."""
-    from datasets_scripts import schema
+    from lavit_hf import schema
 
     numeric = [schema.TEACHER_GRID, schema.VTOP, schema.VTOP_TOKENS, *schema.TRAJECTORY_COLUMNS.values()]
     columns = [name for name in numeric if name in dataset.column_names]
@@ -194,8 +194,6 @@ def run_schedule(
     steps, learning rate and warm-up. Each stage saves its final model and card."""
     import torch
 
-    from lavit_hf import LaViTForConditionalGeneration
-
     from .lavit_trainer import LaViTTrainer
     from .model_card import stage_record
 
@@ -233,7 +231,7 @@ def run_schedule(
 def main(args: argparse.Namespace | LaViTTrainingArguments | None = None) -> None:
     """Load the dataset and the student, train by the schedule, save, and push with `--push_to_hub`."""
     if args is None:
-        from lavit_hf.cli import parse_with_config
+        from lavit_hf.arguments import parse_with_config
 
         args = parse_with_config(make_parser(), sys.argv[1:])
     args = to_training_arguments(args)
@@ -254,7 +252,7 @@ def main(args: argparse.Namespace | LaViTTrainingArguments | None = None) -> Non
 
 def cli(argv: Sequence[str] | None = None) -> None:
     """`python -m trainer.train ...` (what `accelerate launch -m trainer.train` runs)."""
-    from lavit_hf.cli import parse_with_config
+    from lavit_hf.arguments import parse_with_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     main(parse_with_config(make_parser(), list(sys.argv[1:] if argv is None else argv)))

@@ -8,7 +8,7 @@ import datasets
 import numpy as np
 from PIL import Image
 
-from datasets_scripts import schema
+from lavit_hf import schema
 
 
 logger = logging.getLogger(__name__)

@@ -93,7 +93,7 @@ def train_teacher(model, processor, samples: list[dict[str, Any]], steps: int, b
     language model's learning rate, wiped out what the calibrated features carry and left the teacher at chance. The
     input embeddings stay random too (distinct vectors are all a tiny model needs of them), which with the fused
     optimiser cuts the step's optimiser time about tenfold on a CPU (152k-row embeddings)."""
-    from .modeling_lavit import labelled_causal_lm_loss
+    from lavit_hf.modeling_lavit import labelled_causal_lm_loss
 
     rng = random.Random(seed)
     model.model.visual.requires_grad_(False)
@@ -128,8 +128,7 @@ def build_teacher(args, out: Path, calibration_images: list) -> Path:
         logger.info("Teacher already trained in %s", folder)
         return folder
     from datasets_scripts.synthetic import generate_samples
-
-    from .tiny import build_tiny_qwen2_5_vl, calibrate_image_features
+    from lavit_hf.tiny import build_tiny_qwen2_5_vl, calibrate_image_features
 
     model, processor = build_tiny_qwen2_5_vl(
         seed=args.seed, hidden_size=args.teacher_hidden_size, min_pixels=IMAGE_SIZE**2, max_pixels=IMAGE_SIZE**2
@@ -298,7 +297,7 @@ def trajectory_heatmaps(rows: list[dict[str, Any]], predicted: list[torch.Tensor
 def mass_in_answer_box(rows: list[dict[str, Any]], predicted: list[torch.Tensor]) -> dict[str, float]:
     """Mean share of each trajectory's mass inside the box of the object the answer is about (all the shapes for a
     count), for the teacher, the LaViT student's prediction, and a uniform map (the box's share of the image)."""
-    from datasets_scripts.box_filter import box_mass
+    from lavit_hf.grids import box_mass
 
     shares = {"teacher": [], "LaViT student": [], "uniform": []}
     for row, student in zip(rows, predicted):
@@ -362,8 +361,7 @@ def main(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     from datasets import load_dataset
 
     from datasets_scripts.synthetic import generate_samples, synthetic_dataset, write_jsonl_source
-
-    from .tiny import build_tiny_qwen2_5_vl, calibrate_image_features
+    from lavit_hf.tiny import build_tiny_qwen2_5_vl, calibrate_image_features
 
     torch.manual_seed(args.seed)
     out = Path(args.out)

@@ -10,7 +10,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-import yaml
+from lavit_hf.arguments import parse_with_config
 
 
 logger = logging.getLogger(__name__)
@@ -21,33 +21,8 @@ COMMANDS = {
     "extract": ("datasets_scripts.extract", "run a teacher over a question-answer source into a LaViT dataset"),
     "train": ("trainer.train", "train a LaViT student, in one stage or two"),
     "eval": ("evaluate_metrics.runner", "generate answers on a benchmark and score them"),
-    "demo": ("lavit_hf.demo", "the whole pipeline end to end on a procedurally generated task"),
+    "demo": ("lavit_cli.demo", "the whole pipeline end to end on a procedurally generated task"),
 }
-
-
-def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
-    """Parse `argv` with `parser`, taking defaults from the YAML file named by `--config` (flags win).
-
-    Works for any argparse parser, `transformers.HfArgumentParser` included.
-    """
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default=None)
-    known, rest = pre.parse_known_args(argv)
-    if known.config is not None:
-        with open(known.config) as handle:
-            values = yaml.safe_load(handle) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{known.config}: expected a mapping of option names to values, got {type(values).__name__}.")
-        destinations = {action.dest for action in parser._actions}
-        values = {str(key).replace("-", "_"): value for key, value in values.items()}
-        unknown = sorted(set(values) - destinations)
-        if unknown:
-            raise ValueError(f"{known.config}: unknown option(s) {unknown}; known: {sorted(destinations - {'help'})}.")
-        parser.set_defaults(**values)
-        for action in parser._actions:
-            if action.dest in values:
-                action.required = False
-    return parser.parse_args(rest)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -65,4 +40,4 @@ def main(argv: Sequence[str] | None = None) -> None:
     module.main(parse_with_config(parser, argv[1:]))
 
 
-__all__ = ["COMMANDS", "main", "parse_with_config"]
+__all__ = ["COMMANDS", "main"]
