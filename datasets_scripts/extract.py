@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from lavit_hf import schema
 from lavit_hf.attention import use_packed_vision_attention
 from lavit_hf.grids import BBOX_FRAMES, box_mass
+from lavit_hf.layout import pixel_limits
 
 from .card import write_card, write_manifest
 from .sources import ColumnNames, SourceRecord, image_bytes, load_image, read_source
@@ -170,11 +171,6 @@ def load_teacher(path: str, device: str, dtype: str, min_pixels: int | None, max
     # Speed only: the vision tower's windows in one sdpa call per layer instead of a Python loop over windows.
     use_packed_vision_attention(model)
     return model.to(device), processor
-
-
-def pixel_limits(processor) -> tuple[int, int]:
-    size = processor.image_processor.size
-    return int(size["shortest_edge"]), int(size["longest_edge"])
 
 
 # Sharding --------------------------------------------------------------------------------------------------------

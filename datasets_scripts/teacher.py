@@ -33,6 +33,8 @@ from PIL import Image
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb, repeat_kv
 
+from lavit_hf.layout import render_prompt
+
 
 logger = logging.getLogger(__name__)
 
@@ -138,12 +140,6 @@ class EncodedSample:
     offsets: list[tuple[int, int]]
     image_positions: torch.Tensor
     grid: tuple[int, int]
-
-
-def prompt_text(processor, question: str) -> str:
-    """The teacher's prompt: one user turn holding the image then the question, and the assistant header."""
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    return processor.apply_chat_template(messages, add_generation_prompt=True)
 
 
 def split_steps(response: str, offsets: list[tuple[int, int]], rule: str) -> list[tuple[int, int, str]]:
@@ -269,7 +265,7 @@ class TeacherExtractor:
         tokenizer = self.processor.tokenizer
         side, tokenizer.padding_side = tokenizer.padding_side, "left"
         try:
-            texts = [prompt_text(self.processor, q) for q in questions]
+            texts = [render_prompt(self.processor, q) for q in questions]
             enc = self.processor(text=texts, images=images, padding=True, return_tensors="pt").to(self.device)
             with torch.no_grad():
                 kwargs = self.generation.generate_kwargs()
@@ -289,7 +285,7 @@ class TeacherExtractor:
         """
         if not response:
             raise TeacherError("empty teacher response")
-        full = prompt_text(self.processor, question) + response
+        full = render_prompt(self.processor, question) + response
         inputs = self.processor(text=[full], images=[image], return_tensors="pt")
         alone = self.processor.tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
         ids, resp = inputs["input_ids"][0].tolist(), alone["input_ids"]
@@ -416,7 +412,6 @@ __all__ = [
     "batched_token_grads",
     "gradient_distributions",
     "normalise",
-    "prompt_text",
     "response_nll",
     "split_steps",
 ]

@@ -22,18 +22,13 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
 import lavit_hf  # noqa: F401  (registers LaViT with the Auto classes)
+from lavit_hf.layout import render_prompt, set_pixel_limits
 from lavit_hf.processing import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 
 from . import BENCHMARKS, module_path
 
 
 logger = logging.getLogger(__name__)
-
-
-def build_messages(question: str, num_images: int) -> list[dict[str, Any]]:
-    """One user turn holding the benchmark's images and its question."""
-    content = [{"type": "image"} for _ in range(num_images)] + [{"type": "text", "text": question}]
-    return [{"role": "user", "content": content}]
 
 
 def _images(row: dict[str, Any]) -> list:
@@ -83,13 +78,12 @@ class EvalRunner:
         if mask_latent and not getattr(model.config, "latent_token_ids", None):
             raise ValueError(f"{type(model).__name__} has no latent tokens: --mask-latent needs a LaViT model.")
         self.prefix = latent_prefix(model, processor) if force_latent else ""
-        processor.image_processor.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+        set_pixel_limits(processor, min_pixels, max_pixels)
         processor.tokenizer.padding_side = "left"
 
     def prompts(self, rows: list[dict[str, Any]]) -> list[str]:
         return [
-            self.processor.apply_chat_template(build_messages(row["question"], len(_images(row))), add_generation_prompt=True)
-            + self.prefix
+            render_prompt(self.processor, row["question"], len(_images(row))) + self.prefix
             for row in rows
         ]
 
@@ -211,4 +205,4 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     return scores
 
 
-__all__ = ["EvalRunner", "build_messages", "main", "make_parser", "read_predictions", "score"]
+__all__ = ["EvalRunner", "main", "make_parser", "read_predictions", "score"]

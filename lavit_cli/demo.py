@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from datasets_scripts.synthetic import DEFAULT_QUESTION_TYPES, QUESTION_TYPES
+from lavit_hf.layout import render_prompt
 
 
 logger = logging.getLogger(__name__)
@@ -63,13 +64,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def teacher_batch(processor, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Chat-formatted question + answer, labels on the answer only (plain Qwen2.5-VL fine-tuning)."""
-    prompts = [
-        processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": s["question"]}]}],
-            add_generation_prompt=True,
-        )
-        for s in samples
-    ]
+    prompts = [render_prompt(processor, s["question"]) for s in samples]
     images = [s["image"] for s in samples]
     processor.tokenizer.padding_side = "right"
     inputs = processor(
@@ -93,7 +88,7 @@ def train_teacher(model, processor, samples: list[dict[str, Any]], steps: int, b
     language model's learning rate, wiped out what the calibrated features carry and left the teacher at chance. The
     input embeddings stay random too (distinct vectors are all a tiny model needs of them), which with the fused
     optimiser cuts the step's optimiser time about tenfold on a CPU (152k-row embeddings)."""
-    from lavit_hf.modeling_lavit import labelled_causal_lm_loss
+    from lavit_hf.losses import labelled_causal_lm_loss
 
     rng = random.Random(seed)
     model.model.visual.requires_grad_(False)

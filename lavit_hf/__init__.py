@@ -8,12 +8,12 @@ checkpoints load without remote code; `save_pretrained` also writes the modeling
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
 
 from .configuration_lavit import LaViTConfig
+from .layout import latent_token_strings
 from .modeling_lavit import (
     LaViTCausalLMOutputWithPast,
     LaViTForConditionalGeneration,
     LaViTModel,
     add_latent_tokens,
-    latent_token_strings,
 )
 from .processing import QWEN2_5_VL_CHAT_TEMPLATE, build_qwen2_5_vl_processor, bundled_qwen_tokenizer_dir
 from .tiny import build_tiny_lavit, build_tiny_qwen2_5_vl

@@ -39,6 +39,15 @@ from transformers.utils import TransformersKwargs, logging
 
 from .attention import PACKED_VISION_ATTENTION  # noqa: F401  (importing registers it: a trained config may name it)
 from .configuration_lavit import LaViTConfig
+from .layout import latent_token_strings
+from .losses import (
+    ce_enters_loss,
+    combine_losses,
+    labelled_causal_lm_loss,
+    loss_weights,
+    trajectory_kl_loss,
+    vtop_cosine_loss,
+)
 
 
 logger = logging.get_logger(__name__)
@@ -48,11 +57,6 @@ logger = logging.get_logger(__name__)
 # (HF_NOTES.md, "Tokens, checkpoints, remote code"). Reuse Qwen's rules for our classes.
 for _ours, _qwen in (("LaViTModel", "Qwen2VLModel"), ("LaViTForConditionalGeneration", "Qwen2VLForConditionalGeneration")):
     register_checkpoint_conversion_mapping(_ours, get_checkpoint_conversion_mapping(_qwen), overwrite=True)
-
-
-def latent_token_strings(num_latent_tokens: int) -> list[str]:
-    """The latent token strings `<lvr1>` ... `<lvrK>` (METHOD.md section 2)."""
-    return [f"<lvr{i}>" for i in range(1, num_latent_tokens + 1)]
 
 
 def add_latent_tokens(tokenizer: PreTrainedTokenizerBase, num_latent_tokens: int) -> list[int]:
@@ -110,72 +114,6 @@ class TokenLayout:
     image_counts: list[int]
     latent_positions: torch.Tensor | None = None
     num_labelled: int | None = None
-
-
-def vtop_cosine_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """`1 - cos(prediction, target)` averaged over the batch (METHOD.md section 2, V_top head).
-
-    Args:
-        prediction (`torch.Tensor` of shape `(batch_size, dim)`): the V_top head's output.
-        target (`torch.Tensor` of shape `(batch_size, dim)`): the teacher's pooled top-layer image features.
-    """
-    return (1.0 - F.cosine_similarity(prediction.float(), target.float(), dim=-1)).mean()
-
-
-def trajectory_kl_loss(log_probs: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """`KL(target || predicted)` over each sample's image tokens, averaged over the batch (METHOD.md section 2).
-
-    Terms where the target is 0 contribute 0 (the limit of `t log t`), so a sparse target is fine.
-
-    Args:
-        log_probs (`torch.Tensor` of shape `(batch_size, n)`): predicted log-distribution; values outside `mask`
-            are ignored.
-        target (`torch.Tensor` of shape `(batch_size, n)`): the teacher's distribution, summing to 1 over `mask`.
-        mask (`torch.BoolTensor` of shape `(batch_size, n)`): which entries are image tokens of the sample.
-    """
-    target = target.float() * mask
-    log_probs = log_probs.float().masked_fill(~mask, 0.0)
-    pointwise = torch.where(target > 0, target * (torch.log(target.clamp_min(1e-30)) - log_probs), 0.0)
-    return pointwise.sum(-1).mean()
-
-
-def labelled_causal_lm_loss(
-    lm_head: nn.Module,
-    hidden_states: torch.Tensor,
-    labels: torch.LongTensor,
-    num_items_in_batch: int | torch.Tensor | None = None,
-    num_labelled: int | None = None,
-) -> torch.Tensor:
-    """Next-token cross-entropy computed from the final hidden states at the labelled positions only.
-
-    Equals transformers' `ForCausalLMLoss` on full logits, without materialising `(sequence x vocabulary)` logits
-    for the unlabelled positions (the prompt and the image, most of a LaViT sequence). The sum over tokens is divided
-    by `num_items_in_batch` (the labelled tokens of the whole accumulation step) when given, else by this batch's.
-
-    Args:
-        lm_head (`nn.Module`): the output projection.
-        hidden_states (`torch.Tensor` of shape `(batch_size, seq_len, hidden_size)`): final hidden states.
-        labels (`torch.LongTensor` of shape `(batch_size, seq_len)`): token ids, -100 where unlabelled (unshifted).
-        num_items_in_batch (`int` or `torch.Tensor`, *optional*): the denominator.
-        num_labelled (`int`, *optional*): how many positions are labelled, when the caller knows it; the positions
-            are then gathered without the host sync that boolean indexing costs.
-    """
-    shift_labels = labels[:, 1:]
-    selected = shift_labels != -100
-    if num_labelled is None:
-        states, targets = hidden_states[:, :-1][selected], shift_labels[selected]
-    else:
-        # Labelled positions first, in sequence order (a stable sort), then the first `num_labelled` of them.
-        index = torch.sort((~selected).flatten().to(torch.int8), stable=True).indices[:num_labelled]
-        states = hidden_states[:, :-1].flatten(0, 1).index_select(0, index)
-        targets = shift_labels.flatten().index_select(0, index)
-    logits = lm_head(states).float()
-    total = F.cross_entropy(logits, targets, reduction="sum")
-    if num_items_in_batch is None:
-        num_items_in_batch = selected.sum()
-    if torch.is_tensor(num_items_in_batch):
-        return total / num_items_in_batch.to(total.device).clamp(min=1)
-    return total / max(num_items_in_batch, 1)
 
 
 def bottleneck_mask_function(
@@ -562,7 +500,11 @@ class LaViTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
                 target = self.align_trajectory_target(trajectory_target, trajectory_mask, layout.image_valid)
                 loss_traj = trajectory_kl_loss(trajectory_log_probs, target, layout.image_valid)
 
-        loss = self.combine_losses(loss_ce, loss_vtop, loss_traj)
+        loss = combine_losses(
+            {"loss_ce": loss_ce, "loss_vtop": loss_vtop, "loss_traj": loss_traj},
+            loss_weights(self.config),
+            ce_enters_loss(self.config),
+        )
         return LaViTCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
@@ -579,20 +521,6 @@ class LaViTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
     @staticmethod
     def _keep_slice(logits_to_keep: int | torch.Tensor) -> slice | torch.Tensor:
         return slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-
-    def combine_losses(
-        self, loss_ce: torch.Tensor | None, loss_vtop: torch.Tensor | None, loss_traj: torch.Tensor | None
-    ) -> torch.Tensor | None:
-        """The weighted sum of METHOD.md section 2 over the terms present; stage-1 CE only with `ce_in_stage1`."""
-        config = self.config
-        ce_enters = loss_ce is not None and (config.training_stage != 1 or config.ce_in_stage1)
-        terms = [
-            (config.ce_loss_weight, loss_ce if ce_enters else None),
-            (config.vtop_loss_weight, loss_vtop),
-            (config.trajectory_loss_weight, loss_traj),
-        ]
-        present = [weight * term for weight, term in terms if term is not None]
-        return torch.stack(present).sum() if present else None
 
     def latent_head_input(self, latent_positions: torch.LongTensor, hidden_states: torch.Tensor) -> torch.Tensor:
         """The latent state `(batch_size, d)` that feeds both heads: the last latent token's final hidden state, or
@@ -764,8 +692,4 @@ __all__ = [
     "LaViTModel",
     "TokenLayout",
     "add_latent_tokens",
-    "labelled_causal_lm_loss",
-    "latent_token_strings",
-    "trajectory_kl_loss",
-    "vtop_cosine_loss",
 ]

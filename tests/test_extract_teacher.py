@@ -12,9 +12,9 @@ from datasets_scripts.teacher import (
     GenerationSettings,
     TeacherError,
     TeacherExtractor,
-    prompt_text,
     split_steps,
 )
+from lavit_hf.layout import render_prompt
 
 
 QUESTION = "Where is the red square?"
@@ -54,7 +54,7 @@ def test_span_is_the_response(extracted):
     ids = inputs["input_ids"][0]
     start, end = out.span
     assert extractor.processor.tokenizer.decode(ids[start:end]) == RESPONSE
-    assert extractor.processor.tokenizer.decode(ids[:start]) == prompt_text(extractor.processor, QUESTION).replace(
+    assert extractor.processor.tokenizer.decode(ids[:start]) == render_prompt(extractor.processor, QUESTION).replace(
         "<|image_pad|>", "<|image_pad|>" * len(sample.image_positions)
     )
 

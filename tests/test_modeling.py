@@ -8,7 +8,7 @@ from PIL import Image
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from lavit_hf import LaViTForConditionalGeneration
-from lavit_hf.modeling_lavit import labelled_causal_lm_loss, trajectory_kl_loss, vtop_cosine_loss
+from lavit_hf.losses import labelled_causal_lm_loss, trajectory_kl_loss, vtop_cosine_loss
 
 
 ATTENTION_IMPLEMENTATIONS = ["sdpa", "eager"]

@@ -13,23 +13,10 @@ from transformers.processing_utils import ProcessorMixin
 
 from lavit_hf import schema
 from lavit_hf.grids import resample_grid, resample_trajectory
+from lavit_hf.layout import check_text, latent_token_strings, merged_grids, reserved_tokens, training_messages
 
 
 logger = logging.getLogger(__name__)
-
-
-def latent_prefix(num_latent_tokens: int) -> str:
-    """`<lvr1>...<lvrK>`, the start of every assistant turn (METHOD.md section 2)."""
-    return "".join(f"<lvr{i}>" for i in range(1, num_latent_tokens + 1))
-
-
-def lavit_messages(question: str, answer: str, num_latent_tokens: int) -> list[dict[str, Any]]:
-    """The chat of one training sample: the image and the question, then the K latent tokens, a space and the answer
-    (METHOD.md section 2)."""
-    return [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
-        {"role": "assistant", "content": f"{latent_prefix(num_latent_tokens)} {answer}"},
-    ]
 
 
 def _row_name(example: dict[str, Any], index: int) -> str:
@@ -128,10 +115,11 @@ class DataCollatorForLaViT(DataCollatorMixin):
         if self.vtop_source not in ("pooled", "tokens"):
             raise ValueError(f"vtop_source={self.vtop_source!r}: expected 'pooled' or 'tokens'.")
         tokenizer = self.processor.tokenizer
-        self.latent_ids = tokenizer.convert_tokens_to_ids([f"<lvr{i}>" for i in range(1, self.num_latent_tokens + 1)])
+        self.latent_ids = tokenizer.convert_tokens_to_ids(latent_token_strings(self.num_latent_tokens))
         if tokenizer.unk_token_id in self.latent_ids or None in self.latent_ids:
             raise ValueError("The processor's tokenizer lacks the latent tokens: use the LaViT student's processor.")
         self.end_of_turn_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.reserved = reserved_tokens(tokenizer)
 
     @property
     def trajectory_column(self) -> str:
@@ -147,8 +135,7 @@ class DataCollatorForLaViT(DataCollatorMixin):
         rows = [_row_name(example, index) for index, example in enumerate(examples)]
         batch = self._tokenize(examples, rows)
         batch["labels"] = self._labels(batch["input_ids"], batch["attention_mask"], rows)
-        merge = self.processor.image_processor.merge_size
-        student_grids = [(int(h) // merge, int(w) // merge) for _, h, w in batch["image_grid_thw"].tolist()]
+        student_grids = merged_grids(batch["image_grid_thw"], self.processor.image_processor.merge_size)
         teacher_grids = [_teacher_grid(example, row) for example, row in zip(examples, rows)]
         trajectories = [
             self._trajectory(example, row, teacher, student)
@@ -171,7 +158,9 @@ class DataCollatorForLaViT(DataCollatorMixin):
             missing = [key for key in (schema.IMAGE, schema.QUESTION, schema.ANSWER) if example.get(key) is None]
             if missing:
                 raise ValueError(f"{row}: missing {missing}.")
-            messages = lavit_messages(example[schema.QUESTION], example[schema.ANSWER], self.num_latent_tokens)
+            for field in (schema.QUESTION, schema.ANSWER):
+                check_text(example[field], self.processor.tokenizer, row, field, self.reserved)
+            messages = training_messages(example[schema.QUESTION], example[schema.ANSWER], self.num_latent_tokens)
             texts.append(self.processor.apply_chat_template(messages, tokenize=False))
             images.append(example[schema.IMAGE].convert("RGB"))
         kwargs = {}
@@ -241,4 +230,4 @@ def _pad_rows(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return padded, mask
 
 
-__all__ = ["DataCollatorForLaViT", "lavit_messages", "latent_prefix"]
+__all__ = ["DataCollatorForLaViT"]

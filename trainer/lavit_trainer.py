@@ -21,6 +21,8 @@ from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from lavit_hf.attention import use_packed_vision_attention
+from lavit_hf.layout import set_pixel_limits
+from lavit_hf.losses import LOSS_TERMS, LOSS_WEIGHTS, ce_enters_loss, combine_losses, loss_weights
 
 from .collator import DataCollatorForLaViT
 from .configuration import LaViTTrainingArguments
@@ -31,8 +33,6 @@ logger = logging.getLogger(__name__)
 
 # The model's training stage (`LaViTConfig.training_stage`) of each single-stage schedule.
 STAGE_OF_SCHEDULE = {"single": 0, "stage1": 1, "stage2": 2}
-LOSS_WEIGHTS = ("ce_loss_weight", "vtop_loss_weight", "trajectory_loss_weight")
-LOSS_TERMS = ("loss_ce", "loss_vtop", "loss_traj")
 
 
 class LaViTTrainer(Trainer):
@@ -140,7 +140,7 @@ class LaViTTrainer(Trainer):
         model.set_training_stage(STAGE_OF_SCHEDULE[args.stage_schedule])
         # A value left unset means the model config's; a value given is written back, as SFTTrainer does for
         # `router_aux_loss_coef`, so the saved config records it.
-        for name in (*LOSS_WEIGHTS, "block_prompt", "ce_in_stage1"):
+        for name in (*LOSS_WEIGHTS.values(), "block_prompt", "ce_in_stage1"):
             if getattr(args, name) is None:
                 setattr(args, name, getattr(config, name))
             else:
@@ -177,39 +177,8 @@ class LaViTTrainer(Trainer):
         if self._signature_columns is None:
             super()._set_signature_columns_if_needed()
 
-    @staticmethod
-    def lavit_loss(
-        losses: dict[str, torch.Tensor | None],
-        weights: dict[str, float],
-        ce_enters: bool,
-        ce_scale: float,
-        aux_scale: float,
-    ) -> torch.Tensor:
-        """`w_ce·CE + w_vtop·loss_vtop + w_traj·loss_traj` (METHOD.md section 2), scaled for gradient accumulation.
-
-        Args:
-            losses (`dict[str, torch.Tensor | None]`): `loss_ce`, `loss_vtop`, `loss_traj` of one micro-batch; a
-                missing term is left out.
-            weights (`dict[str, float]`): `ce_loss_weight`, `vtop_loss_weight`, `trajectory_loss_weight`.
-            ce_enters (`bool`): whether CE enters the total (not in stage 1 without `ce_in_stage1`).
-            ce_scale (`float`): factor of the CE term. CE is already a share of the accumulation step's token average
-                (its sum divided by `num_items_in_batch`); the factor is the number of processes when that count is
-                summed over processes (DDP then averages the gradients), else 1.
-            aux_scale (`float`): factor of the per-batch V_top and trajectory means: `1 / accumulation steps`, so
-                that the accumulated gradient is their mean over the micro-batches.
-        """
-        terms = []
-        if ce_enters and losses.get("loss_ce") is not None:
-            terms.append(weights["ce_loss_weight"] * ce_scale * losses["loss_ce"])
-        for name, weight in (("loss_vtop", "vtop_loss_weight"), ("loss_traj", "trajectory_loss_weight")):
-            if losses.get(name) is not None:
-                terms.append(weights[weight] * aux_scale * losses[name])
-        if not terms:
-            raise ValueError("The batch gave no loss term: it needs labels or teacher targets.")
-        return torch.stack(terms).sum()
-
     def _loss_scales(self, num_items_in_batch: torch.Tensor | int | None) -> tuple[float, float, float]:
-        """`(ce_scale, aux_scale, ce_log_scale)` of this micro-batch (see `lavit_loss`)."""
+        """`(ce_scale, aux_scale, ce_log_scale)` of this micro-batch (see `lavit_hf.losses.combine_losses`)."""
         if not self.model.training:
             return 1.0, 1.0, 1.0
         steps = max(getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps), 1)
@@ -241,13 +210,9 @@ class LaViTTrainer(Trainer):
         config = self.accelerator.unwrap_model(model).config
         ce_scale, aux_scale, ce_log_scale = self._loss_scales(num_items_in_batch)
         losses = {name: getattr(outputs, name) for name in LOSS_TERMS}
-        loss = self.lavit_loss(
-            losses,
-            weights={name: getattr(config, name) for name in LOSS_WEIGHTS},
-            ce_enters=config.training_stage != 1 or config.ce_in_stage1,
-            ce_scale=ce_scale,
-            aux_scale=aux_scale,
-        )
+        loss = combine_losses(losses, loss_weights(config), ce_enters_loss(config), ce_scale, aux_scale)
+        if loss is None:
+            raise ValueError("The batch gave no loss term: it needs labels or teacher targets.")
         with torch.no_grad():
             for name, value in losses.items():
                 if value is not None:
@@ -335,16 +300,6 @@ def compile_repeated_blocks(model: nn.Module, vision: bool = True, **compile_kwa
     return len(blocks)
 
 
-def set_pixel_limits(processor, min_pixels: int, max_pixels: int) -> None:
-    """Give the processor's image processor the training pixel limits, so that the saved processor (and evaluation
-    with it) resizes images exactly as training did (METHOD.md section 4: same limits everywhere)."""
-    image_processor = processor.image_processor
-    image_processor.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
-    for name, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
-        if hasattr(image_processor, name):
-            setattr(image_processor, name, value)
-
-
 def _unswapped_class(cls: type) -> type:
     """The model class itself when a wrapper swapped it (FSDP2 makes `FSDP<Name>(FSDPModule, <Name>)` in a torch
     module): the first class of the MRO defined outside torch."""
@@ -385,4 +340,4 @@ def repair_remote_code(save_directory: str | os.PathLike, model: nn.Module) -> b
     return True
 
 
-__all__ = ["LaViTTrainer", "compile_repeated_blocks", "repair_remote_code", "set_pixel_limits"]
+__all__ = ["LaViTTrainer", "compile_repeated_blocks", "repair_remote_code"]

@@ -9,6 +9,8 @@ import torch
 import transformers
 from huggingface_hub import ModelCard, ModelCardData
 
+from lavit_hf.layout import latent_prefix
+
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +151,7 @@ def write_model_card(trainer, model_name: str | None, dataset_name: str | None, 
         paper_id=trainer._paper["id"],
         paper_citation=trainer._paper["citation"],
         num_latent_tokens=config.num_latent_tokens,
-        latent_tokens="".join(f"<lvr{i}>" for i in range(1, config.num_latent_tokens + 1)),
+        latent_tokens=latent_prefix(config.num_latent_tokens),
         trajectory_method=args.trajectory_method,
         vtop_source=args.vtop_source,
         teacher_hidden_size=config.teacher_hidden_size,
