@@ -25,6 +25,7 @@ def latent_token_strings(num_latent_tokens: int) -> list[str]:
     ```python
     >>> latent_token_strings(3)
     ['<lvr1>', '<lvr2>', '<lvr3>']
+
     ```
     """
     return [f"<lvr{i}>" for i in range(1, num_latent_tokens + 1)]
@@ -118,6 +119,7 @@ def merged_grids(image_grid_thw: torch.Tensor, merge_size: int) -> list[tuple[in
     >>> import torch
     >>> merged_grids(torch.tensor([[1, 8, 6]]), 2)
     [(4, 3)]
+
     ```
     """
     return [(int(h) // merge_size, int(w) // merge_size) for _, h, w in image_grid_thw.tolist()]

@@ -122,6 +122,7 @@ def combine_losses(
     >>> weights = {"loss_ce": 1.0, "loss_vtop": 0.3, "loss_traj": 0.3}
     >>> round(combine_losses(losses, weights).item(), 4), round(combine_losses(losses, weights, ce_enters=False).item(), 4)
     (2.15, 0.15)
+
     ```
     """
     terms = []
