@@ -1,15 +1,16 @@
 """A procedurally generated visual question-answering task, deterministic by seed: the demo's data and benchmark.
 
 Each image holds two or three shapes (circle, square, triangle) of distinct colours at distinct places and sizes.
-Questions need the image: the colour of the largest shape, how many shapes there are, the colour of a named shape,
-the shape of a named colour, which of two shapes is larger, and the colour of the shape left of another. Every
+Questions need the image: the colour of the largest shape, how many shapes there are, the colour of the shape marked
+with a black dot, the colour of a named shape, the shape of a named colour, which of two shapes is larger, and the
+colour of the shape left of another. Every
 sample records the box of the object its answer is about (all the shapes for a count), normalised to the image padded
 to a square (as Visual-CoT boxes are, METHOD.md section 5), so the demo can check where a trajectory looks.
 
-`DEFAULT_QUESTION_TYPES` are the two a tiny model learns in minutes on a CPU (the colour of the largest shape and the
-count: an attention spread over the shapes answers both). The other four bind a word of the question to one shape
-of the image, which the demo's tiny teacher does not learn in its budget (it stays at chance on them); pass them
-with `question_types` to make the task harder.
+`DEFAULT_QUESTION_TYPES` are the two scene-level questions (an attention spread over the shapes answers both).
+`colour_of_marked` needs one object, found by what the image shows (a black dot) rather than by a word, which a tiny
+model learns in minutes: the demo's distillation task. The other four bind a word of the question to one shape of the
+image, which a tiny model does not learn in minutes on a CPU.
 """
 
 import json
@@ -28,7 +29,15 @@ logger = logging.getLogger(__name__)
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 40)}
 SHAPES = ("circle", "square", "triangle")
 COUNTS = {2: "two", 3: "three"}
-QUESTION_TYPES = ("colour_of_largest", "count", "colour_of_shape", "shape_of_colour", "larger", "left_of")
+QUESTION_TYPES = (
+    "colour_of_largest",
+    "count",
+    "colour_of_marked",
+    "colour_of_shape",
+    "shape_of_colour",
+    "larger",
+    "left_of",
+)
 DEFAULT_QUESTION_TYPES = ("colour_of_largest", "count")
 ANSWER_VOCABULARY = tuple(COLOURS) + SHAPES + tuple(COUNTS.values())
 
@@ -57,7 +66,8 @@ class Shape:
         return (x - self.radius, y - self.radius, x + self.radius, y + self.radius)
 
 
-def draw(shapes: list[Shape], size: int) -> Image.Image:
+def draw(shapes: list[Shape], size: int, marked: Shape | None = None) -> Image.Image:
+    """The shapes on a light background; `marked` carries a black dot at its centre."""
     image = Image.new("RGB", (size, size), (245, 245, 245))
     canvas = ImageDraw.Draw(image)
     for shape in shapes:
@@ -69,6 +79,11 @@ def draw(shapes: list[Shape], size: int) -> Image.Image:
             canvas.rectangle((x0, y0, x1, y1), fill=fill)
         else:
             canvas.polygon([(shape.centre[0], y0), (x1, y1), (x0, y1)], fill=fill)
+    if marked is not None:
+        x, y = marked.centre
+        # The dot sits where every shape is filled (a triangle's centre included) and spans several pixels.
+        dot = max(3, marked.radius // 3)
+        canvas.ellipse((x - dot, y - dot + marked.radius // 4, x + dot, y + dot + marked.radius // 4), fill=(0, 0, 0))
     return image
 
 
@@ -101,6 +116,8 @@ def ask(
         boxes = [shape.box for shape in shapes]
         union = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
         return kind, "How many shapes are there?", COUNTS[len(shapes)], union
+    if kind == "colour_of_marked":
+        return kind, "What colour is the marked shape?", target.colour, target.box
     if kind == "colour_of_shape":
         return kind, f"What colour is the {target.kind}?", target.colour, target.box
     if kind == "shape_of_colour":
@@ -139,10 +156,11 @@ def generate_samples(
     for index in range(count):
         shapes = place_shapes(rng, image_size, rng.choice(tuple(COUNTS)))
         question_type, question, answer, box = ask(rng, shapes, tuple(question_types))
+        marked = next(shape for shape in shapes if shape.box == box) if question_type == "colour_of_marked" else None
         samples.append(
             {
                 "id": f"{split}-{index:06d}",
-                "image": draw(shapes, image_size),
+                "image": draw(shapes, image_size, marked),
                 "question": question,
                 "answer": answer,
                 "question_type": question_type,

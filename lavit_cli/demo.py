@@ -1,68 +1,147 @@
-"""`lavit demo`: the whole LaViT pipeline end to end, in minutes on a CPU, on a procedurally generated task.
+"""`lavit demo`: a small but faithful replica of LaViT's setting, end to end through the project's own code, and an
+equal-budget experiment that says whether the method helps and whether the student uses its latent tokens.
 
-1. Data: images of coloured shapes and questions that need them (`datasets_scripts.synthetic`), a train split and a
-   held-out benchmark with its own `evaluate` module (`evaluate_metrics/shapes`).
-2. Teacher: a tiny random Qwen2.5-VL, its projector calibrated on the task's images (`calibrate_image_features`),
-   made competent by a short fine-tuning run of its language model on freshly generated samples of the task, so that
-   its attention means something.
-3. Extraction: `lavit extract` over both splits (teacher responses, V_top, attention trajectories).
-4. Students: a tiny LaViT student trained in two stages by `lavit train`, and a CE-only student (the V_top and
-   trajectory weights at 0) with the same steps, both from one calibrated random base with its vision tower frozen.
-5. Evaluation: `lavit eval`'s runner and the shapes module on the held-out split, for both students and the teacher.
-6. Report: `report.md` (results and what they show), loss curves and trajectory heatmaps as PNG.
+1. Task (`datasets_scripts.synthetic`): images of two or three coloured shapes. The distillation task asks the colour
+   of the shape marked with a black dot: one object, found by looking. General questions (the colour of the largest
+   shape, the number of shapes) are the pre-training of the student base and part of the teacher's training.
+2. Teacher: a tiny Qwen2.5-VL, twice as deep as the student and seeing the images at a higher resolution, fine-tuned
+   on many fresh samples of every question type.
+3. Student base: a smaller tiny Qwen2.5-VL with a short general pre-training of its own (it reads images before any
+   LaViT training, as Qwen2.5-VL-3B does), turned into a LaViT student (`<lvr1>..<lvrK>` added).
+4. Extraction (`lavit extract`): the teacher's answers, V_top and both trajectories (attention and gradient) over a
+   distillation set smaller than what the student needs to learn the task from labels alone.
+5. Students (`lavit train`): each variant of the experiment (`lavit_cli.experiment.VARIANTS`) at the same budget
+   (steps, learning rate, batch, data) for each seed.
+6. Evaluation (`lavit eval`'s runner, `evaluate_metrics/shapes`): every student on the held-out items by normal
+   decoding, with the latent tokens forced, and forced but masked; a linear probe of the latent tokens' state.
+7. Report (`report.md`, `results.json`, figures): accuracies and paired differences with bootstrap intervals over
+   seeds and items, stated plainly, including what does not help.
 
-Every step goes through the project's own code; each resumes from what an interrupted run left.
+Every step resumes from what an interrupted run left. The tiny models use the real 151k-token Qwen vocabulary, which
+dwarfs them (151k x 128 per matrix): their token embeddings and output head are frozen everywhere (given a scale at
+which a frozen head can express confident answers), which makes each step several times cheaper on a CPU and changes
+nothing the experiment compares.
 
 Example:
-    lavit demo --out demo_out                  # the embedded default, CPU
-    lavit demo --out demo_gpu --device cuda --train-size 4000 --student-steps 1000
+    lavit demo --out demo_out                                    # the default experiment, CPU
+    lavit demo --out demo_ablation --device cuda --ablation     # every variant (a GPU is advised)
 """
 
-import argparse
 import json
 import logging
 import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from datasets_scripts.synthetic import DEFAULT_QUESTION_TYPES, QUESTION_TYPES
 from lavit_hf.layout import render_prompt
+
+from .experiment import DEFAULT_VARIANTS, VARIANTS, Budget, resolve_variants, write_json
 
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SIZE = 112  # 8 x 8 patches, 4 x 4 = 16 merged image tokens per image
+TARGET_TYPES = ("colour_of_marked",)
+GENERAL_TYPES = ("colour_of_largest", "count")
+TRAJECTORY_METHODS = ("attention", "gradient")
+# Standard deviation of the frozen output rows: logits start with a standard deviation near 1.4 at width 128 and a
+# tiny model can still reach confident answers by moving its hidden states (the usual 0.02 caps the margin near 2.6).
+FROZEN_HEAD_STD = 0.12
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="demo_out", help="output folder (a rerun resumes from what is there)")
-    parser.add_argument("--device", default="cpu", help="torch device for every step (cpu, cuda)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the task, the models and the training")
-    parser.add_argument("--train-size", type=int, default=2000, help="training samples of the task (the distillation set)")
-    parser.add_argument("--test-size", type=int, default=100, help="held-out benchmark items")
-    parser.add_argument("--teacher-hidden-size", type=int, default=128, help="width of the tiny teacher")
-    parser.add_argument("--student-hidden-size", type=int, default=128,
-                        help="width of the tiny students (at 64 they stayed at chance in 200 steps)")
-    parser.add_argument("--teacher-steps", type=int, default=300, help="fine-tuning steps that make the teacher competent")
-    parser.add_argument("--question-types", nargs="+", default=list(DEFAULT_QUESTION_TYPES), choices=QUESTION_TYPES,
-                        help="question types of the task (the default two are the ones a tiny teacher learns in minutes)")
-    parser.add_argument("--student-steps", type=int, default=200, help="optimiser steps of each student (two stages: half each)")
-    parser.add_argument("--batch-size", type=int, default=16, help="batch size of every training run")
-    parser.add_argument("--heatmaps", type=int, default=4, help="held-out images shown with both trajectories")
-    parser.add_argument("--response-from", default="teacher", choices=["teacher", "answer"],
-                        help="the response whose tokens the trajectory is read over: the teacher's own (generated) "
-                        "or the reference answer (for teachers too briefly trained to answer)")
-    return parser
+@dataclass
+class DemoArguments:
+    """Options of `lavit demo` (flags as `--name value`; `--config FILE.yaml` sets any of them)."""
+
+    out: str = field(default="demo_out", metadata={"help": "Output folder; a rerun resumes from what is there."})
+    device: str = field(default="cpu", metadata={"help": "Torch device for every step (cpu, cuda)."})
+    seed: int = field(default=0, metadata={"help": "Seeds the task, the teacher and the student base."})
+    seeds: list[int] = field(
+        default_factory=lambda: [0, 1, 2], metadata={"help": "Training seeds of every variant (at least 2)."}
+    )
+    variants: list[str] = field(
+        default_factory=lambda: list(DEFAULT_VARIANTS),
+        metadata={"help": f"Training recipes compared at an equal budget; known: {', '.join(VARIANTS)}."},
+    )
+    ablation: bool = field(default=False, metadata={"help": "Run every known variant (overrides --variants)."})
+    # Task
+    train_size: int = field(default=256, metadata={"help": "Labelled samples of the distillation set."})
+    test_size: int = field(default=400, metadata={"help": "Held-out items of the benchmark (never trained on)."})
+    # Teacher
+    teacher_hidden_size: int = field(default=128, metadata={"help": "Width of the teacher."})
+    teacher_layers: int = field(default=4, metadata={"help": "Depth of the teacher."})
+    teacher_image_size: int = field(default=168, metadata={"help": "Side of the teacher's images in pixels."})
+    teacher_steps: int = field(default=400, metadata={"help": "Fine-tuning steps of the teacher."})
+    # Student
+    student_hidden_size: int = field(default=128, metadata={"help": "Width of the student."})
+    student_layers: int = field(default=2, metadata={"help": "Depth of the student."})
+    student_image_size: int = field(default=112, metadata={"help": "Side of the student's images in pixels."})
+    pretrain_steps: int = field(default=150, metadata={"help": "General pre-training steps of the student base."})
+    num_latent_tokens: int = field(default=4, metadata={"help": "K, latent tokens per answer."})
+    student_steps: int = field(default=160, metadata={"help": "Optimiser steps of every student (all stages)."})
+    learning_rate: float = field(default=2e-3, metadata={"help": "Peak learning rate of every student."})
+    batch_size: int = field(default=16, metadata={"help": "Batch size of every training run."})
+    trajectory_method: str = field(
+        default="gradient",
+        metadata={"help": "Teacher trajectory the students learn from.", "choices": TRAJECTORY_METHODS},
+    )
+    vtop_normalization: str = field(
+        default="none", metadata={"help": "V_top targets as the paper (none) or standardised.", "choices": ("none", "standardize")}
+    )
+    response_from: str = field(
+        default="teacher",
+        metadata={
+            "help": "The response the trajectories are read over: the teacher's own (generated), or the reference "
+            "answer (for a teacher too briefly trained to answer, as in a smoke run).",
+            "choices": ("teacher", "answer"),
+        },
+    )
+    eval_batch_size: int = field(default=64, metadata={"help": "Items per generate call."})
+
+    def __post_init__(self):
+        if self.ablation:
+            self.variants = list(VARIANTS)
+        resolve_variants(self.variants)
+        if len(self.seeds) < 2:
+            raise ValueError("Intervals over seeds need at least 2 --seeds.")
+        if "ce_only" not in self.variants:
+            raise ValueError("The experiment compares every variant with ce_only: keep it in --variants.")
 
 
-# 2. The teacher ---------------------------------------------------------------------------------------------------
+def make_parser():
+    from transformers import HfArgumentParser
+
+    return HfArgumentParser(DemoArguments, description=__doc__)
 
 
-def teacher_batch(processor, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+# 1. Task --------------------------------------------------------------------------------------------------------------
+
+
+def task_splits(args: DemoArguments) -> dict[str, list[dict[str, Any]]]:
+    """The samples of every split, drawn at the teacher's resolution (the student's processor downsizes them)."""
+    from datasets_scripts.synthetic import generate_samples
+
+    size = args.teacher_image_size
+    counts_and_types = {
+        "teacher": (args.teacher_steps * args.batch_size, TARGET_TYPES + GENERAL_TYPES),
+        "pretrain": (args.pretrain_steps * args.batch_size, GENERAL_TYPES),
+        "train": (args.train_size, TARGET_TYPES),
+        "test": (args.test_size, TARGET_TYPES),
+    }
+    return {
+        split: generate_samples(count, args.seed, size, split, types) for split, (count, types) in counts_and_types.items()
+    }
+
+
+# 2-3. Teacher and student base ------------------------------------------------------------------------------------
+
+
+def plain_batch(processor, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Chat-formatted question + answer, labels on the answer only (plain Qwen2.5-VL fine-tuning)."""
     prompts = [render_prompt(processor, s["question"]) for s in samples]
     images = [s["image"] for s in samples]
@@ -81,32 +160,32 @@ def teacher_batch(processor, samples: list[dict[str, Any]]) -> dict[str, torch.T
     return inputs
 
 
-def train_teacher(model, processor, samples: list[dict[str, Any]], steps: int, batch_size: int, seed: int) -> list[float]:
-    """Fine-tune the tiny teacher's language model on the task (CE on the answer tokens); returns the loss per step.
-
-    The vision tower stays frozen and random (its projector calibrated): training it, even at a tenth of the
-    language model's learning rate, wiped out what the calibrated features carry and left the teacher at chance. The
-    input embeddings stay random too (distinct vectors are all a tiny model needs of them), which with the fused
-    optimiser cuts the step's optimiser time about tenfold on a CPU (152k-row embeddings)."""
-    from lavit_hf.losses import labelled_causal_lm_loss
-
-    rng = random.Random(seed)
+def freeze_vocabulary_and_vision(model) -> None:
+    """Freeze the vision tower (its calibrated random features are what the models learn to read; training the random
+    tower wiped them out), the input embeddings and the output head (the 151k-row vocabulary)."""
     model.model.visual.requires_grad_(False)
     model.get_input_embeddings().requires_grad_(False)
+    model.get_output_embeddings().requires_grad_(False)
+
+
+def fine_tune(model, processor, samples: list[dict[str, Any]], steps: int, batch_size: int, desc: str) -> list[float]:
+    """Plain next-token fine-tuning of a tiny Qwen2.5-VL's language model on `samples` (each seen once, in order);
+    returns the loss per step. AdamW at 3e-3, linear warm-up over a tenth of the steps, then linear decay to 0."""
+    from lavit_hf.losses import labelled_causal_lm_loss
+
+    freeze_vocabulary_and_vision(model)
     trained = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trained, lr=3e-3, weight_decay=0.0, fused=True)
+    optimizer = torch.optim.AdamW(trained, lr=3e-3, weight_decay=0.0)
     warmup = max(1, steps // 10)
-    # Linear warm-up, then linear decay to 0.
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min((step + 1) / warmup, max(0.0, (steps - step) / max(1, steps - warmup)))
     )
     model.train()
     losses = []
-    for _ in tqdm(range(steps), desc="teacher fine-tuning", unit="step"):
-        inputs = teacher_batch(processor, rng.sample(samples, batch_size)).to(model.device)
+    for step in tqdm(range(steps), desc=desc, unit="step"):
+        inputs = plain_batch(processor, samples[step * batch_size : (step + 1) * batch_size]).to(model.device)
         labels = inputs.pop("labels")
-        hidden = model.model(**inputs).last_hidden_state
-        loss = labelled_causal_lm_loss(model.lm_head, hidden, labels)
+        loss = labelled_causal_lm_loss(model.lm_head, model.model(**inputs).last_hidden_state, labels)
         loss.backward()
         optimizer.step()
         scheduler.step()
@@ -115,291 +194,217 @@ def train_teacher(model, processor, samples: list[dict[str, Any]], steps: int, b
     return losses
 
 
-def build_teacher(args, out: Path, calibration_images: list) -> Path:
-    """The tiny teacher, fine-tuned on `teacher_steps * batch_size` fresh samples of the task (a split of its own:
-    a teacher sees more of the task than the distillation set it later labels)."""
+def tiny_vlm(args: DemoArguments, seed: int, hidden: int, layers: int, image_size: int, images: list):
+    """A tiny random Qwen2.5-VL with a calibrated projector and an output head a frozen vocabulary can use."""
+    from lavit_hf.tiny import build_tiny_qwen2_5_vl, calibrate_image_features
+
+    model, processor = build_tiny_qwen2_5_vl(
+        seed=seed, hidden_size=hidden, num_hidden_layers=layers, min_pixels=image_size**2, max_pixels=image_size**2
+    )
+    model.to(args.device)
+    calibrate_image_features(model, processor, images)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        head = model.get_output_embeddings().weight
+        head.copy_(torch.randn(head.shape, generator=generator) * FROZEN_HEAD_STD)
+    return model, processor
+
+
+def build_teacher(args: DemoArguments, out: Path, splits: dict[str, list]) -> Path:
     folder = out / "teacher"
     if (folder / "config.json").is_file():
         logger.info("Teacher already trained in %s", folder)
         return folder
-    from datasets_scripts.synthetic import generate_samples
-    from lavit_hf.tiny import build_tiny_qwen2_5_vl, calibrate_image_features
-
-    model, processor = build_tiny_qwen2_5_vl(
-        seed=args.seed, hidden_size=args.teacher_hidden_size, min_pixels=IMAGE_SIZE**2, max_pixels=IMAGE_SIZE**2
+    images = [s["image"] for s in splits["teacher"][:512]]
+    model, processor = tiny_vlm(
+        args, args.seed, args.teacher_hidden_size, args.teacher_layers, args.teacher_image_size, images
     )
-    model.to(args.device)
-    calibrate_image_features(model, processor, calibration_images)
-    samples = generate_samples(
-        args.teacher_steps * args.batch_size, args.seed, IMAGE_SIZE, "teacher", tuple(args.question_types)
-    )
-    losses = train_teacher(model, processor, samples, args.teacher_steps, args.batch_size, args.seed)
+    losses = fine_tune(model, processor, splits["teacher"], args.teacher_steps, args.batch_size, "teacher fine-tuning")
     model.eval().save_pretrained(folder)
     processor.save_pretrained(folder)
-    (folder / "fine_tuning_losses.json").write_text(json.dumps(losses))
+    write_json(folder / "fine_tuning_losses.json", losses)
     return folder
 
 
-# 3. Extraction, 4. students ----------------------------------------------------------------------------------------
+def build_student_base(args: DemoArguments, out: Path, splits: dict[str, list], teacher_hidden_size: int) -> Path:
+    """The pre-trained tiny Qwen2.5-VL turned into a LaViT student; every student of the experiment starts here."""
+    from lavit_hf import LaViTForConditionalGeneration
+
+    folder = out / "student_base"
+    if (folder / "config.json").is_file():
+        logger.info("Student base already built in %s", folder)
+        return folder
+    images = [s["image"] for s in splits["pretrain"][:512]]
+    model, processor = tiny_vlm(
+        args, args.seed + 1, args.student_hidden_size, args.student_layers, args.student_image_size, images
+    )
+    losses = fine_tune(model, processor, splits["pretrain"], args.pretrain_steps, args.batch_size, "student pre-training")
+    student, processor = LaViTForConditionalGeneration.from_qwen2_5_vl(
+        model.cpu(), processor, num_latent_tokens=args.num_latent_tokens, teacher_hidden_size=teacher_hidden_size,
+        seed=args.seed,
+    )  # fmt: skip
+    # The vocabulary stays frozen, so the latent rows start as ordinary random rows rather than at the mean of the
+    # others (the conversion's choice for real checkpoints, whose rows train): a frozen near-mean output row could
+    # never be predicted.
+    generator = torch.Generator().manual_seed(args.seed)
+    with torch.no_grad():
+        for weight in (student.get_input_embeddings().weight, student.get_output_embeddings().weight):
+            rows = torch.tensor(student.config.latent_token_ids)
+            weight[rows] = torch.randn(len(rows), weight.shape[1], generator=generator) * weight[:1000].std()
+    student.save_pretrained(folder)
+    write_json(folder / "pre_training_losses.json", losses)
+    return folder
 
 
-def extract(args, teacher: Path, source: Path, output: Path) -> Path:
+# 4. Extraction ------------------------------------------------------------------------------------------------------
+
+
+def write_source(samples: list[dict[str, Any]], folder: Path) -> Path:
+    from datasets_scripts.synthetic import write_jsonl_source
+
+    source = folder / "source.jsonl"
+    if not source.is_file():
+        write_jsonl_source(samples, folder)
+    return source
+
+
+def extract(args: DemoArguments, teacher: Path, source: Path, output: Path) -> Path:
     from datasets_scripts import extract as extraction
 
     argv = [
         "--source", str(source), "--image-root", str(source.parent), "--teacher", str(teacher),
-        "--output-dir", str(output), "--device", args.device, "--max-new-tokens", "8",
+        "--output-dir", str(output), "--device", args.device, "--max-new-tokens", "4",
+        "--methods", *TRAJECTORY_METHODS, "--generation-batch-size", str(args.eval_batch_size),
         "--response-from", args.response_from,
-        "--generation-batch-size", str(args.batch_size), "--pretty-name", "LaViT demo: shapes",
+        "--pretty-name", "LaViT demo: marked shapes",
     ]  # fmt: skip
     extraction.main(extraction.make_parser().parse_args(argv))
     return output
 
 
-def train_student(args, base: Path, dataset: Path, output: Path, distill: bool) -> Path:
-    """A tiny student through `lavit train`: two stages (half the steps each) with all losses, or one CE-only stage."""
-    from trainer.configuration import LaViTTrainingArguments
-    from trainer.train import main as train_main
-
-    final = output / "stage2" if distill else output
-    if (final / "model.safetensors").is_file():
-        logger.info("Student already trained in %s", final)
-        return final
-    half = args.student_steps // 2
-    schedule = (
-        {"stage_schedule": "two_stage", "stage1_steps": half, "stage2_steps": args.student_steps - half,
-         "stage1_learning_rate": 2e-3, "stage2_learning_rate": 1e-3, "stage1_warmup_ratio": 0.1, "stage2_warmup_ratio": 0.0}
-        if distill
-        else {"stage_schedule": "single", "max_steps": args.student_steps, "learning_rate": 2e-3, "warmup_steps": 0.1,
-              "vtop_loss_weight": 0.0, "trajectory_loss_weight": 0.0}
-    )  # fmt: skip
-    train_main(
-        LaViTTrainingArguments(
-            output_dir=str(output),
-            model_name_or_path=str(base),
-            dataset_name_or_path=str(dataset),
-            # Frozen, as the reference recipe has it: the base's calibrated random features are what the teacher
-            # learnt to read too, and training a random tower wiped them out (see `train_teacher`).
-            freeze_vision=True,
-            min_pixels=IMAGE_SIZE**2,
-            max_pixels=IMAGE_SIZE**2,
-            per_device_train_batch_size=args.batch_size,
-            gradient_accumulation_steps=1,
-            weight_decay=0.0,
-            logging_steps=5,
-            save_strategy="no",
-            report_to=[],
-            seed=args.seed,
-            use_cpu=args.device == "cpu",
-            activation_checkpointing=False,
-            dataloader_num_workers=0,
-            **schedule,
-        )
-    )
-    return final
+# 6. Evaluation --------------------------------------------------------------------------------------------------------
 
 
-# 5. Evaluation ------------------------------------------------------------------------------------------------------
-
-
-def evaluate_model(args, model_dir: Path, test_dataset, output: Path) -> dict[str, Any]:
+def teacher_accuracy(args: DemoArguments, teacher: Path, test_dataset, output: Path) -> dict[str, Any]:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from evaluate_metrics.runner import EvalRunner, score
 
-    model = AutoModelForImageTextToText.from_pretrained(model_dir).to(args.device)
-    processor = AutoProcessor.from_pretrained(model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(teacher).to(args.device)
+    pixels = args.teacher_image_size**2
     runner = EvalRunner(
-        model, processor, batch_size=args.batch_size, max_new_tokens=8, min_pixels=IMAGE_SIZE**2, max_pixels=IMAGE_SIZE**2
-    )
-    predictions = runner.run(test_dataset, output)
-    return score("shapes", test_dataset, predictions)
+        model, AutoProcessor.from_pretrained(teacher), batch_size=args.eval_batch_size, max_new_tokens=4,
+        min_pixels=pixels, max_pixels=pixels,
+    )  # fmt: skip
+    return score("shapes", test_dataset, runner.run(test_dataset, output))
 
 
-# 6. Report ----------------------------------------------------------------------------------------------------------
-
-
-def loss_curves(runs: dict[str, Path], path: Path) -> None:
-    """One panel per loss term, one line per run (stages placed end to end)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    terms = ["loss", "loss_ce", "loss_vtop", "loss_traj"]
-    figure, axes = plt.subplots(1, len(terms), figsize=(4 * len(terms), 3.2))
-    for name, folders in runs.items():
-        offset, series = 0, {term: ([], []) for term in terms}
-        for folder in folders:
-            history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
-            for entry in history:
-                for term in terms:
-                    if term in entry and "step" in entry:
-                        series[term][0].append(offset + entry["step"])
-                        series[term][1].append(entry[term])
-            offset += max((entry.get("step", 0) for entry in history), default=0)
-        for axis, term in zip(axes, terms):
-            if series[term][0]:
-                axis.plot(*series[term], label=name)
-    for axis, term in zip(axes, terms):
-        axis.set_title(term)
-        axis.set_xlabel("step")
-        axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
-def predicted_trajectories(student_dir: Path, rows: list[dict[str, Any]], device: str, batch_size: int = 16):
-    """The LaViT student's predicted trajectory over each row's image tokens, as `(h, w)` maps on its own grid."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from trainer.collator import DataCollatorForLaViT
-
-    model = AutoModelForImageTextToText.from_pretrained(student_dir).to(device).eval()
-    processor = AutoProcessor.from_pretrained(student_dir)
-    collator = DataCollatorForLaViT(processor=processor, num_latent_tokens=model.config.num_latent_tokens)
-    maps = []
-    for start in range(0, len(rows), batch_size):
-        batch = collator(rows[start : start + batch_size])
-        with torch.no_grad():
-            output = model(**{k: v.to(device) for k, v in batch.items() if k != "labels"})
-        for row_index, (h, w) in enumerate((batch["image_grid_thw"][:, 1:] // 2).tolist()):
-            maps.append(output.trajectory_log_probs[row_index, : h * w].exp().view(h, w).cpu())
-    return maps
-
-
-def trajectory_heatmaps(rows: list[dict[str, Any]], predicted: list[torch.Tensor], path: Path) -> None:
-    """For held-out images: the image, the teacher's trajectory and the student's predicted one."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.5 * len(rows)), squeeze=False)
-    for row_index, (row, student) in enumerate(zip(rows, predicted)):
-        teacher = torch.tensor(row["trajectory_attention"]).view(*row["teacher_grid"])
-        panels = [(row["image"], row["question"]), (teacher, "teacher trajectory"), (student, "student prediction")]
-        for axis, (content, title) in zip(axes[row_index], panels):
-            axis.imshow(content, cmap=None if title == row["question"] else "magma")
-            axis.set_title(title, fontsize=7)
-            axis.axis("off")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
-def mass_in_answer_box(rows: list[dict[str, Any]], predicted: list[torch.Tensor]) -> dict[str, float]:
-    """Mean share of each trajectory's mass inside the box of the object the answer is about (all the shapes for a
-    count), for the teacher, the LaViT student's prediction, and a uniform map (the box's share of the image)."""
+def trajectory_box_mass(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean share of each teacher trajectory's mass inside the marked shape's box, and of a uniform map."""
     from lavit_hf.grids import box_mass
+    from lavit_hf.schema import TRAJECTORY_COLUMNS
 
-    shares = {"teacher": [], "LaViT student": [], "uniform": []}
-    for row, student in zip(rows, predicted):
-        size = tuple(row["image_size"])
-        grid = tuple(row["teacher_grid"])
-        shares["teacher"].append(box_mass(row["trajectory_attention"], grid, size, row["bbox"]))
-        shares["LaViT student"].append(box_mass(student.flatten(), tuple(student.shape), size, row["bbox"]))
+    shares = {method: [] for method in TRAJECTORY_METHODS} | {"uniform": []}
+    for row in rows:
+        grid, size = tuple(row["teacher_grid"]), tuple(row["image_size"])
+        for method in TRAJECTORY_METHODS:
+            shares[method].append(box_mass(row[TRAJECTORY_COLUMNS[method]], grid, size, row["bbox"]))
         shares["uniform"].append(box_mass(torch.full(grid, 1.0 / (grid[0] * grid[1])), grid, size, row["bbox"]))
     return {name: sum(values) / len(values) for name, values in shares.items()}
 
 
-def write_report(
-    out: Path, scores: dict[str, dict[str, Any]], box_shares: dict[str, float], args, test_size: int
-) -> str:
-    columns = sorted({key for result in scores.values() for key in result})
-    lines = [
-        "# LaViT demo report",
-        "",
-        f"Task: shapes ({', '.join(args.question_types)}), {args.train_size} training samples, {test_size} held-out "
-        f"items (seed {args.seed}). Teacher: tiny Qwen2.5-VL (hidden {args.teacher_hidden_size}), projector "
-        f"calibrated, language model fine-tuned {args.teacher_steps} steps on "
-        f"{args.teacher_steps * args.batch_size} fresh samples. "
-        f"Students: tiny LaViT (hidden {args.student_hidden_size}), {args.student_steps} steps each, batch "
-        f"{args.batch_size}.",
-        "",
-        "| model | " + " | ".join(columns) + " |",
-        "| --- | " + " | ".join("---" for _ in columns) + " |",
-    ]
-    for name, result in scores.items():
-        cells = [f"{result[c]:.3f}" if isinstance(result.get(c), float) else str(result.get(c, "")) for c in columns]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lavit, ce_only, teacher = (scores[k]["accuracy"] for k in ("LaViT student", "CE-only student", "teacher"))
-    # A binomial standard error tells whether a gap between two students on this many items means anything.
-    noise = 2 * ((max(lavit, 1e-3) * (1 - min(lavit, 0.999))) / test_size) ** 0.5
-    verdict = "larger" if abs(lavit - ce_only) > noise else "not larger"
-    lines += [
-        "",
-        "## What the numbers show",
-        "",
-        f"- The teacher answers {teacher:.1%} of the held-out items; chance is 50% for a count and 25-50% for a "
-        "colour (guessing among the four, or among those present).",
-        f"- The LaViT student answers {lavit:.1%}, the CE-only student {ce_only:.1%}: a gap of "
-        f"{lavit - ce_only:+.1%}, {verdict} than two binomial standard errors ({noise:.1%}) on {test_size} items.",
-        f"- Where the trajectories look (share of the mass inside the answer's box, mean over the held-out items): "
-        f"teacher {box_shares['teacher']:.1%}, LaViT student's prediction {box_shares['LaViT student']:.1%}, "
-        f"a uniform map {box_shares['uniform']:.1%}.",
-        "- These are tiny random-init models trained for minutes; the figures show the pipeline end to end and its "
-        "diagnostics, not the paper's effect sizes.",
-        "",
-        "![loss curves](loss_curves.png)",
-        "",
-        "![trajectories](trajectories.png)",
-        "",
-    ]
-    text = "\n".join(lines)
-    (out / "report.md").write_text(text)
-    return text
+def evaluate_student(
+    args: DemoArguments, student: Path, train_rows: list[dict], test_dataset, test_rows: list[dict], output: Path
+) -> dict[str, Any]:
+    """Per-item correctness under each diagnostic, and the latent probe's held-out accuracy."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from .experiment import latent_states, linear_probe_accuracy, score_diagnostics
+
+    result_file = output / "scores.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    pixels = args.student_image_size**2
+    items = score_diagnostics(student, test_dataset, output, pixels, args.device, args.eval_batch_size)
+    model = AutoModelForImageTextToText.from_pretrained(student).to(args.device).eval()
+    processor = AutoProcessor.from_pretrained(student)
+    train_states = latent_states(model, processor, train_rows, args.device)
+    test_states = latent_states(model, processor, test_rows, args.device)
+    probe = linear_probe_accuracy(
+        train_states, [r["answer"] for r in train_rows], test_states, [r["answer"] for r in test_rows]
+    )
+    result = {"items": items, "probe_accuracy": probe}
+    write_json(result_file, result)
+    return result
 
 
-def main(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+# Orchestration --------------------------------------------------------------------------------------------------------
+
+
+def main(args: DemoArguments | Any) -> dict[str, Any]:
     from datasets import load_dataset
 
-    from datasets_scripts.synthetic import generate_samples, synthetic_dataset, write_jsonl_source
-    from lavit_hf.tiny import build_tiny_qwen2_5_vl, calibrate_image_features
+    from datasets_scripts.synthetic import synthetic_dataset
 
+    from .experiment import train_variant
+    from .report import write_report
+
+    if not isinstance(args, DemoArguments):
+        args = DemoArguments(**{k: v for k, v in vars(args).items() if k != "config"})
+    started = time.time()
     torch.manual_seed(args.seed)
+    random.seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    types = tuple(args.question_types)
-    train_samples = generate_samples(args.train_size, args.seed, IMAGE_SIZE, "train", types)
-    test_samples = generate_samples(args.test_size, args.seed, IMAGE_SIZE, "test", types)
-    calibration_images = [sample["image"] for sample in train_samples]
-    sources = {}
-    for split, samples in (("train", train_samples), ("test", test_samples)):
-        sources[split] = out / "task" / split / "source.jsonl"
-        if not sources[split].is_file():
-            write_jsonl_source(samples, sources[split].parent)
-    test_dataset = synthetic_dataset(test_samples)
+    write_json(out / "demo_arguments.json", asdict(args))
+    splits = task_splits(args)
+    test_dataset = synthetic_dataset(splits["test"])
 
-    teacher = build_teacher(args, out, calibration_images)
-    datasets_dir = {split: extract(args, teacher, sources[split], out / "dataset" / split) for split in sources}
+    teacher = build_teacher(args, out, splits)
+    teacher_scores = teacher_accuracy(args, teacher, test_dataset, out / "eval" / "teacher.jsonl")
+    datasets_dir = {
+        split: extract(args, teacher, write_source(splits[split], out / "task" / split), out / "dataset" / split)
+        for split in ("train", "test")
+    }
+    train_rows = list(load_dataset(str(datasets_dir["train"]), split="train"))
+    test_rows = list(load_dataset(str(datasets_dir["test"]), split="train"))
+    base = build_student_base(args, out, splits, len(train_rows[0]["vtop"]))
 
-    base = out / "student_base"
-    if not (base / "config.json").is_file():
-        model, processor = build_tiny_qwen2_5_vl(
-            seed=args.seed + 1, hidden_size=args.student_hidden_size, min_pixels=IMAGE_SIZE**2, max_pixels=IMAGE_SIZE**2
-        )
-        calibrate_image_features(model, processor, calibration_images)
-        model.save_pretrained(base)
-        processor.save_pretrained(base)
-    lavit_dir = train_student(args, base, datasets_dir["train"], out / "students" / "lavit", distill=True)
-    ce_dir = train_student(args, base, datasets_dir["train"], out / "students" / "ce_only", distill=False)
+    budget = Budget(args.student_steps, args.learning_rate, args.batch_size)
+    extra = {
+        "freeze_embeddings": True,
+        "freeze_vision": True,
+        "trajectory_method": args.trajectory_method,
+        "vtop_normalization": args.vtop_normalization,
+    }
+    students: dict[str, dict[int, dict[str, Any]]] = {}
+    for variant in resolve_variants(args.variants):
+        for seed in args.seeds:
+            folder = out / "students" / variant.name / f"seed{seed}"
+            trained = train_variant(
+                variant, seed, base, datasets_dir["train"], folder, budget, args.student_image_size**2, args.device, extra
+            )
+            students.setdefault(variant.name, {})[seed] = evaluate_student(
+                args, trained, train_rows, test_dataset, test_rows, folder / "eval"
+            )
+    results = {
+        "arguments": asdict(args),
+        "teacher": teacher_scores,
+        "teacher_trajectory_mass_in_box": trajectory_box_mass(test_rows),
+        "students": students,
+        "test_ids": list(test_dataset["id"]),
+        "seconds": round(time.time() - started, 1),
+    }
+    write_json(out / "results.json", results)
+    logger.info("\n%s", write_report(out, results))
+    return results
 
-    scores = {}
-    for name, folder in (("LaViT student", lavit_dir), ("CE-only student", ce_dir), ("teacher", teacher)):
-        slug = name.split()[0].lower()
-        scores[name] = evaluate_model(args, folder, test_dataset, out / "eval" / f"{slug}.jsonl")
-    loss_curves(
-        {"LaViT (stage 1 + 2)": [out / "students" / "lavit" / "stage1", lavit_dir], "CE-only": [ce_dir]},
-        out / "loss_curves.png",
-    )
-    held_out = list(load_dataset(str(datasets_dir["test"]), split="train"))
-    predicted = predicted_trajectories(lavit_dir, held_out, args.device, args.batch_size)
-    trajectory_heatmaps(held_out[: args.heatmaps], predicted, out / "trajectories.png")
-    box_shares = mass_in_answer_box(held_out, predicted)
-    logger.info("\n%s", write_report(out, scores, box_shares, args, len(test_samples)))
-    return scores
+
+def cli(argv: list[str] | None = None) -> None:
+    from lavit_hf.arguments import parse_with_config
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    main(parse_with_config(make_parser(), list(sys.argv[1:] if argv is None else argv)))
 
 
-__all__ = ["main", "make_parser", "train_teacher"]
+__all__ = ["DemoArguments", "main", "make_parser"]

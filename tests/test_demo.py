@@ -13,8 +13,9 @@ from lavit_hf.schema import TRAJECTORY_ATTENTION, VTOP
 
 
 ARGS = [
-    "--teacher-steps", "8", "--student-steps", "4", "--train-size", "16", "--test-size", "6",
-    "--batch-size", "4", "--heatmaps", "2", "--response-from", "answer",
+    "--teacher_steps", "4", "--pretrain_steps", "4", "--student_steps", "4", "--train_size", "12",
+    "--test_size", "6", "--batch_size", "4", "--eval_batch_size", "6", "--seeds", "0", "1",
+    "--response_from", "answer",
 ]  # fmt: skip
 
 

@@ -71,6 +71,9 @@ class DataCollatorForLaViT(DataCollatorMixin):
         vtop_source (`str`, *optional*, defaults to `"pooled"`):
             `"pooled"` reads `vtop` into `vtop_target` `(B, D)`; `"tokens"` reads `vtop_tokens`, resamples it to the
             student's grid and returns `vtop_target` `(B, N, D)` with `vtop_target_mask` `(B, N)`.
+        vtop_statistics (`tuple[torch.Tensor, torch.Tensor]`, *optional*):
+            A per-feature `(mean, std)` of the pooled V_top targets (`vtop_statistics(dataset)`); when given, every
+            V_top target (pooled, or each token row) becomes `(target - mean) / std`.
         min_pixels (`int`, *optional*), max_pixels (`int`, *optional*):
             Image area limits handed to the image processor; unset: the processor's own.
         return_tensors (`str`, *optional*, defaults to `"pt"`):
@@ -105,6 +108,7 @@ class DataCollatorForLaViT(DataCollatorMixin):
     teacher_hidden_size: int | None = None
     trajectory_method: str = "attention"
     vtop_source: str = "pooled"
+    vtop_statistics: tuple[torch.Tensor, torch.Tensor] | None = None
     min_pixels: int | None = None
     max_pixels: int | None = None
     return_tensors: str = "pt"
@@ -143,14 +147,22 @@ class DataCollatorForLaViT(DataCollatorMixin):
         ]
         batch["trajectory_target"], batch["trajectory_mask"] = _pad_rows(trajectories)
         if self.vtop_source == "pooled":
-            batch["vtop_target"] = torch.stack([self._vtop(example, row) for example, row in zip(examples, rows)])
+            vtops = [self._vtop(example, row) for example, row in zip(examples, rows)]
+            batch["vtop_target"] = torch.stack([self._standardize(vtop) for vtop in vtops])
         else:
             tokens = [
-                self._vtop_tokens(example, row, teacher, student)
+                self._standardize(self._vtop_tokens(example, row, teacher, student))
                 for example, row, teacher, student in zip(examples, rows, teacher_grids, student_grids)
             ]
             batch["vtop_target"], batch["vtop_target_mask"] = _pad_rows(tokens)
         return batch
+
+    def _standardize(self, vtop: torch.Tensor) -> torch.Tensor:
+        # Per feature, so that the mean of standardised token rows is the standardised pooled target.
+        if self.vtop_statistics is None:
+            return vtop
+        mean, std = self.vtop_statistics
+        return (vtop - mean) / std
 
     def _tokenize(self, examples: list[dict[str, Any]], rows: list[str]) -> dict[str, torch.Tensor]:
         texts, images = [], []
@@ -219,6 +231,26 @@ class DataCollatorForLaViT(DataCollatorMixin):
         return resample_grid(tokens, teacher, student)
 
 
+def vtop_statistics(dataset, batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-feature mean and standard deviation of a LaViT dataset's pooled `vtop` column, read in batches (float64
+    sums: no `(rows x D)` matrix is held). A feature that never varies gets a standard deviation of 1."""
+    column = dataset.select_columns([schema.VTOP]).with_format("torch")
+    total = total_squares = None
+    count = 0
+    for batch in column.iter(batch_size=batch_size):
+        values = torch.as_tensor(batch[schema.VTOP], dtype=torch.float64)
+        total = values.sum(0) if total is None else total + values.sum(0)
+        total_squares = (values**2).sum(0) if total_squares is None else total_squares + (values**2).sum(0)
+        count += values.shape[0]
+    if count < 2:
+        raise ValueError(f"vtop_normalization='standardize' needs at least 2 training rows, got {count}.")
+    mean = total / count
+    std = ((total_squares / count - mean**2).clamp_min(0) * count / (count - 1)).sqrt()
+    std = torch.where(std > 1e-6 * std.max().clamp_min(1e-12), std, torch.ones_like(std))
+    logger.info("V_top standardisation over %d rows: |mean| %.4g, mean std %.4g", count, mean.norm(), std.mean())
+    return mean.float(), std.float()
+
+
 def _pad_rows(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad `(n_i, ...)` tensors to `(B, max_n, ...)` with zeros, and the `(B, max_n)` validity mask."""
     longest = max(row.shape[0] for row in rows)
@@ -230,4 +262,4 @@ def _pad_rows(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return padded, mask
 
 
-__all__ = ["DataCollatorForLaViT"]
+__all__ = ["DataCollatorForLaViT", "vtop_statistics"]

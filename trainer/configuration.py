@@ -12,6 +12,7 @@ logger = logging.getLogger(__name__)
 STAGE_SCHEDULES = ("single", "two_stage", "stage1", "stage2")
 TRAJECTORY_METHODS = ("attention", "gradient")
 VTOP_SOURCES = ("pooled", "tokens")
+VTOP_NORMALIZATIONS = ("none", "standardize")
 MODEL_DTYPES = ("float32", "bfloat16")
 
 
@@ -22,10 +23,12 @@ class LaViTTrainingArguments(TrainingArguments):
     below (see the `help` of each field for its meaning; METHOD.md sections 2 and 3 for the method).
 
     Parameters that control the model:
-        `model_name_or_path`, `num_latent_tokens`, `model_dtype`, `freeze_vision`, `freeze_llm`.
+        `model_name_or_path`, `num_latent_tokens`, `model_dtype`, `freeze_vision`, `freeze_llm`,
+        `freeze_embeddings`.
 
     Parameters that control the data:
         `dataset_name_or_path`, `eval_dataset_name_or_path`, `eval_split`, `trajectory_method`, `vtop_source`,
+        `vtop_normalization`,
         `min_pixels`, `max_pixels`.
 
     Parameters that control the training:
@@ -80,6 +83,15 @@ class LaViTTrainingArguments(TrainingArguments):
         },
     )
 
+    freeze_embeddings: bool = field(
+        default=False,
+        metadata={
+            "help": "Freeze the input embeddings and the LM head, the latent tokens' rows included (they keep their "
+            "initialisation). For models whose vocabulary dwarfs the rest, such as the demo's tiny models (151k rows "
+            "of width 128), where training those two matrices is most of each step's cost."
+        },
+    )
+
     # Parameters that control the data
     dataset_name_or_path: str | None = field(
         default=None,
@@ -103,6 +115,17 @@ class LaViTTrainingArguments(TrainingArguments):
             "help": "V_top target: `pooled` (the `vtop` column) or `tokens` (the token-wise `vtop_tokens` column "
             "resampled to the student's grid and pooled over it by the model).",
             "choices": VTOP_SOURCES,
+        },
+    )
+    vtop_normalization: str = field(
+        default="none",
+        metadata={
+            "help": "`none` (the paper): the cosine loss compares the V_top head with the raw teacher features. "
+            "`standardize`: first subtract the training split's per-feature mean of the pooled `vtop` column and "
+            "divide by its standard deviation. Raw pooled targets of different images share a large common "
+            "component, so `1 - cos` is nearly met by predicting their mean; standardised, it carries each image's "
+            "own features.",
+            "choices": VTOP_NORMALIZATIONS,
         },
     )
     min_pixels: int = field(
@@ -207,6 +230,7 @@ class LaViTTrainingArguments(TrainingArguments):
             ("stage_schedule", STAGE_SCHEDULES),
             ("trajectory_method", TRAJECTORY_METHODS),
             ("vtop_source", VTOP_SOURCES),
+            ("vtop_normalization", VTOP_NORMALIZATIONS),
             ("model_dtype", MODEL_DTYPES),
         ):
             if getattr(self, name) not in choices:

@@ -24,7 +24,7 @@ from lavit_hf.attention import use_packed_vision_attention
 from lavit_hf.layout import set_pixel_limits
 from lavit_hf.losses import LOSS_TERMS, LOSS_WEIGHTS, ce_enters_loss, combine_losses, loss_weights
 
-from .collator import DataCollatorForLaViT
+from .collator import DataCollatorForLaViT, vtop_statistics
 from .configuration import LaViTTrainingArguments
 from .model_card import write_model_card
 
@@ -109,6 +109,7 @@ class LaViTTrainer(Trainer):
                 teacher_hidden_size=model.config.teacher_hidden_size,
                 trajectory_method=args.trajectory_method,
                 vtop_source=args.vtop_source,
+                vtop_statistics=vtop_statistics(train_dataset) if args.vtop_normalization == "standardize" else None,
             )
         if args.torch_compile:
             # Regional, in place (see `compile_repeated_blocks`); `_build_accelerator_args` keeps accelerate from
@@ -153,6 +154,9 @@ class LaViTTrainer(Trainer):
         use_packed_vision_attention(model)
         if args.freeze_vision:
             model.model.visual.requires_grad_(False)
+        if args.freeze_embeddings:
+            model.get_input_embeddings().requires_grad_(False)
+            model.get_output_embeddings().requires_grad_(False)
         if args.freeze_llm:
             model.model.language_model.requires_grad_(False)
             model.lm_head.requires_grad_(False)
