@@ -22,6 +22,8 @@ import datasets
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from evaluate_metrics.shapes.shapes import ANSWER_VOCABULARY
+
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +32,6 @@ SHAPES = ("circle", "square", "triangle")
 COUNTS = {2: "two", 3: "three"}
 QUESTION_TYPES = ("colour_of_largest", "count", "colour_of_shape", "shape_of_colour", "larger", "left_of")
 DEFAULT_QUESTION_TYPES = ("colour_of_largest", "count")
-ANSWER_VOCABULARY = tuple(COLOURS) + SHAPES + tuple(COUNTS.values())
 
 SYNTHETIC_FEATURES = datasets.Features(
     {

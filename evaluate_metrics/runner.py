@@ -183,7 +183,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code
     ).to(args.device)
     processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
-    dataset = BENCHMARKS[args.benchmark].loader(args.data_root)
+    dataset = BENCHMARKS[args.benchmark].load(args.data_root)
     runner = EvalRunner(
         model,
         processor,

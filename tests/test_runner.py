@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from evaluate_metrics import BENCHMARKS
+from evaluate_metrics import load_benchmark
 from evaluate_metrics.runner import EvalRunner, main, make_parser
 
 
@@ -62,14 +62,14 @@ def test_a_torn_last_line_is_regenerated(student_dir, mmvp_root, tmp_path):
 
 def test_batched_generation_equals_one_at_a_time(tiny_lavit_pair, mmvp_root):
     model, processor = tiny_lavit_pair
-    rows = list(BENCHMARKS["mmvp"].loader(mmvp_root))
+    rows = list(load_benchmark("mmvp", mmvp_root))
     runner = EvalRunner(model, processor, batch_size=2, max_new_tokens=4, min_pixels=3136, max_pixels=50176)
     assert runner.generate(rows) == [runner.generate([row])[0] for row in rows]
 
 
 def test_force_latent_puts_the_k_trained_tokens_first(tiny_lavit_pair, mmvp_root):
     model, processor = tiny_lavit_pair
-    rows = list(BENCHMARKS["mmvp"].loader(mmvp_root))
+    rows = list(load_benchmark("mmvp", mmvp_root))
     runner = EvalRunner(model, processor, max_new_tokens=2, force_latent=True, min_pixels=3136, max_pixels=50176)
     prompt_ids = processor(text=runner.prompts(rows[:1]), images=[rows[0]["image"]], return_tensors="pt")["input_ids"][0]
     assert prompt_ids[-4:].tolist() == model.config.latent_token_ids
@@ -79,7 +79,7 @@ def test_force_latent_puts_the_k_trained_tokens_first(tiny_lavit_pair, mmvp_root
 def test_mask_latent_changes_generation_inputs(tiny_lavit_pair, mmvp_root, monkeypatch):
     """--mask-latent reaches every generate call (the model-level tests check what the mask does)."""
     model, processor = tiny_lavit_pair
-    rows = list(BENCHMARKS["mmvp"].loader(mmvp_root))
+    rows = list(load_benchmark("mmvp", mmvp_root))
     seen = []
     original = type(model).forward
 
@@ -103,7 +103,7 @@ def test_switches_refuse_a_model_without_latent_tokens(tiny_teacher_pair):
 
 def test_base_qwen_model_runs_with_the_same_pixel_limits(tiny_teacher_pair, mmvp_root):
     model, processor = tiny_teacher_pair
-    rows = list(BENCHMARKS["mmvp"].loader(mmvp_root))
+    rows = list(load_benchmark("mmvp", mmvp_root))
     runner = EvalRunner(model, processor, max_new_tokens=2, min_pixels=3136, max_pixels=50176)
     assert processor.image_processor.size == {"shortest_edge": 3136, "longest_edge": 50176}
     assert len(runner.generate(rows)) == 2

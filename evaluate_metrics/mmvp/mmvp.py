@@ -47,7 +47,7 @@ Args:
         One row per question: `id` (`str`, the MMVP `Index`) and `prediction` (`str`, the model's raw answer).
     references (`list[dict]`):
         One row per question: `id` (`str`), `answer` (`str`, `"(a)"` or `"(b)"`), `pair_id` (`str`, the same for
-        rows 2k-1 and 2k; `evaluate_metrics.loaders.load_mmvp` sets it to `str(k)`) and `options` (`list[str]`,
+        rows 2k-1 and 2k; `evaluate_metrics/mmvp/loader.py` sets it to `str(k)`) and `options` (`list[str]`,
         the option texts in letter order, e.g. `["Open", "Closed"]`; may be empty).
 
 Rows are joined by `id`, never by position. Every pair must hold exactly two questions.
