@@ -28,7 +28,7 @@ import evaluate_metrics
 import evaluate_metrics.loader_utils
 import evaluate_metrics.metric_utils
 from evaluate_metrics import BENCHMARKS, module_path
-from evaluate_metrics.metric_utils import extract_choice, join_by_id
+from evaluate_metrics.metric_utils import extract_choice, join_by_id, matching_options
 
 
 PACKAGE = Path(evaluate_metrics.__file__).parent
@@ -220,3 +220,32 @@ def test_extract_choice_keeps_the_benchmark_case_and_option_count():
     # "(C)" is not an option of a two-option question.
     assert extract_choice("(C)", ["a", "b"]) is None
 
+
+@pytest.mark.parametrize(
+    ("text", "options", "expected"),
+    [
+        # Exact texts come first, so options that differ only in punctuation or a sign stay apart.
+        ('"Happy Easter"', ['"Happy Easter"', '"Happy Easter!"'], "A"),
+        ('"Happy Easter!"', ['"Happy Easter"', '"Happy Easter!"'], "B"),
+        ("Happy Easter!", ['"Happy Easter"', '"Happy Easter!"'], "B"),
+        ("**happy  easter**", ['"Happy Easter"', '"Happy Easter!"'], "A"),
+        ("-0.21", ["-0.21", "0.21", "21", "0"], "A"),
+        ("The answer is -0.21.", ["-0.21", "0.21", "21", "0"], "A"),
+        ("Answer: 0.21", ["-0.21", "0.21", "21", "0"], "B"),
+        ("a^2 - 2*a*b + b^2", ["a^2 - 2*a*b + b^2", "a^2 + 2*a*b + b^2"], "A"),
+        # Equal at the level where the answer matches: no option is chosen.
+        ("happy easter.", ['"Happy Easter"', '"Happy Easter!"'], None),
+        ("The answer is Happy Easter?", ['"Happy Easter"', '"Happy Easter!"'], None),
+        ("18", ["9", "12", "18", "18"], None),
+        # A letter still decides before any text.
+        ("(C)", ["9", "12", "18", "18"], "C"),
+    ],
+)
+def test_extract_choice_never_merges_options_that_differ(text, options, expected):
+    assert extract_choice(text, "ABCD"[: len(options)], options=options) == expected
+
+
+def test_matching_options_reports_every_option_at_the_first_level_that_matches():
+    assert matching_options("Open", ["open", "Open"]) == [1]
+    assert matching_options("OPEN", ["open", "Open"]) == [0, 1]
+    assert matching_options("Closed", ["open", "Open"]) == []

@@ -110,6 +110,30 @@ def test_official_and_strict_extraction(mmstar, answer, official, strict):
         assert (results["accuracy"], results["unparsed"]) == expected, extraction
 
 
+def test_strict_extraction_tells_apart_options_that_differ_in_a_sign_or_punctuation(mmstar, references):
+    by_id = {reference["id"]: reference for reference in references}
+    # Real rows: 1245 (-0.21, 0.21, 21, 0; answer B), 1406 (0.00680 mm/mm, -0.00680 mm/mm, ...; answer D) and
+    # 1236 (9, 12, 18, 18; answer C: its text names two options).
+    assert by_id["1245"]["options"] == ["-0.21", "0.21", "21", "0"] and by_id["1245"]["answer"] == "B"
+    assert by_id["1236"]["options"] == ["9", "12", "18", "18"] and by_id["1236"]["answer"] == "C"
+    answers = {
+        "1245": ("0.21", True),
+        "1406": ("The answer is 0.0281*10^(-3) mm/mm.", True),
+        "1236": ("18", False),
+    }
+    for row_id, (answer, correct) in answers.items():
+        results = mmstar.compute(
+            predictions=[{"id": row_id, "prediction": answer}], references=[by_id[row_id]], extraction="strict"
+        )
+        assert (results["accuracy"], results["unparsed"]) == (float(correct), int(not correct)), row_id
+    wrong = mmstar.compute(
+        predictions=[{"id": "1245", "prediction": "The answer is -0.21."}],
+        references=[by_id["1245"]],
+        extraction="strict",
+    )
+    assert (wrong["accuracy"], wrong["unparsed"]) == (0.0, 0)
+
+
 def test_loader_reads_the_xlsx_and_jsonl_submissions_alike(bench, submission_file):
     from_xlsx = load_benchmark("mmstar", bench / "llava_next_yi_34b_MMStar.xlsx", require_images=False)
     from_jsonl = load_benchmark("mmstar", submission_file, require_images=False)

@@ -146,6 +146,28 @@ def test_extraction_on_an_mmvp_question(mmvp, answer, correct, unparsed):
     assert results["pair_accuracy"] == float(correct)
 
 
+def test_options_that_differ_only_in_punctuation_are_told_apart(mmvp, references):
+    # Rows 201/202: options '"Happy Easter"' and '"Happy Easter!"', answers (a) and (b).
+    pair = [reference for reference in references if reference["id"] in ("201", "202")]
+    assert [reference["options"] for reference in pair] == [['"Happy Easter"', '"Happy Easter!"']] * 2
+    assert [reference["answer"] for reference in pair] == ["(a)", "(b)"]
+
+    def score(first, second):
+        predictions = [{"id": "201", "prediction": first}, {"id": "202", "prediction": second}]
+        return mmvp.compute(predictions=predictions, references=pair)
+
+    both_right = {"accuracy": 1.0, "pair_accuracy": 1.0, "num_questions": 2, "num_pairs": 1, "unparsed": 0}
+    assert score("a", "b") == both_right
+    # The option texts, as written or without their quotes, choose as the letters do.
+    assert score('"Happy Easter"', '"Happy Easter!"') == both_right
+    assert score("Happy Easter", "Happy Easter!") == both_right
+    assert score("The answer is Happy Easter!", "the answer is happy easter") == {
+        **both_right, "accuracy": 0.0, "pair_accuracy": 0.0
+    }
+    # Once punctuation is ignored both options match: no option is chosen, and both are counted.
+    assert score("happy easter.", "HAPPY EASTER?")["unparsed"] == 2
+
+
 def test_a_pair_with_one_question_is_refused(mmvp):
     references = [{"id": "1", "answer": "(a)", "pair_id": "1", "options": []}]
     with pytest.raises(ValueError, match="MMVP pair '1' has 1 question"):
