@@ -27,6 +27,7 @@ import pytest
 import evaluate_metrics
 import evaluate_metrics.loader_utils
 import evaluate_metrics.metric_utils
+import evaluate_metrics.runner
 from evaluate_metrics import BENCHMARKS, module_path
 from evaluate_metrics.metric_utils import extract_choice, join_by_id, matching_options
 
@@ -131,6 +132,7 @@ def test_docstring_examples_run(loaded):
         evaluate_metrics,
         evaluate_metrics.loader_utils,
         evaluate_metrics.metric_utils,
+        evaluate_metrics.runner,
         "evaluate_metrics.vsp.loader",
     ],
 )
