@@ -144,7 +144,7 @@ def weights_fingerprint(model: PreTrainedModel, values_per_tensor: int = 64) -> 
 def settings_path(output: str | os.PathLike) -> Path:
     """Where the settings of a predictions file are recorded: `mmvp.jsonl` -> `mmvp.settings.json`."""
     output = Path(output)
-    return output.with_name(f"{output.stem if output.suffix else output.name}.settings.json")
+    return output.with_name(f"{output.stem}.settings.json")
 
 
 class EvalRunner:
@@ -310,7 +310,10 @@ class EvalRunner:
                     {"id": row["id"], "prediction": text}
                     for row, text in zip(batch, self.generate(batch), strict=True)
                 ]
-                predictions.write(*records)
+                try:
+                    predictions.write(*records)
+                except OSError as error:  # a full disk names no file
+                    raise OSError(f"Cannot append to the predictions file {output}: {error}") from error
                 done.update((record["id"], record) for record in records)
                 bar.update(len(batch))
         return [done[row_id] for row_id in rows["id"]]

@@ -21,6 +21,7 @@ from evaluate_metrics.runner import (
 )
 from lavit_cli import cli
 from lavit_hf.arguments import parse_with_config
+from lavit_hf.jsonl import JsonlAppender
 from lavit_hf.layout import pixel_limits, set_pixel_limits
 
 
@@ -148,6 +149,18 @@ def test_a_malformed_predictions_file_is_named(tiny_lavit_pair, rows, tmp_path):
     output.write_text('{"id": 1}\n')
     with pytest.raises(ValueError, match=r"predictions.jsonl, record 1: expected string 'id' and 'prediction'"):
         runner.resume(output)
+
+
+def test_a_failed_append_names_the_file(tiny_lavit_pair, dataset, tmp_path, monkeypatch):
+    model, processor = tiny_lavit_pair
+
+    def disk_full(self, *records):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(JsonlAppender, "write", disk_full)
+    runner = EvalRunner(model, copy.deepcopy(processor), max_new_tokens=1)
+    with pytest.raises(OSError, match=r"Cannot append to the predictions file .*predictions.jsonl: \[Errno 28\]"):
+        runner.run(dataset, tmp_path / "predictions.jsonl")
 
 
 def test_pixel_limits_default_to_the_lavit_checkpoints_for_every_model(student_dir, base_dir, mmvp_root, tmp_path):
