@@ -67,8 +67,9 @@ def main() -> None:
     model, processor = build(args.shape, args.device, dtype, args.image_side)
     items = rows(args.items, args.image_side)
     side = args.image_side * args.image_side
-    batched = EvalRunner(model, processor, args.batch_size, args.new_tokens, min_pixels=side, max_pixels=side)
-    single = EvalRunner(model, processor, 1, args.new_tokens, min_pixels=side, max_pixels=side)
+    limits = {"min_pixels": side, "max_pixels": side}
+    batched = EvalRunner(model, processor, batch_size=args.batch_size, max_new_tokens=args.new_tokens, **limits)
+    single = EvalRunner(model, processor, batch_size=1, max_new_tokens=args.new_tokens, **limits)
     batched.generate(items[: args.batch_size])  # warm-up (kernels, allocator)
 
     def run(runner):
@@ -78,7 +79,10 @@ def main() -> None:
     one_s = timed(lambda: run(single), args.device)
     batch_s = timed(lambda: run(batched), args.device)
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    print(f"shape={args.shape} device={device} items={args.items} new_tokens={args.new_tokens} image_tokens={side // 784}")
+    print(
+        f"shape={args.shape} device={device} items={args.items} new_tokens={args.new_tokens} "
+        f"image_tokens={side // 784}"
+    )
     print("| runner | batch | seconds | items/s | ratio |")
     print("| --- | --- | --- | --- | --- |")
     print(f"| one at a time (reference) | 1 | {one_s:.2f} | {args.items / one_s:.2f} | 1.00 |")

@@ -23,6 +23,8 @@ import datasets
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from evaluate_metrics.shapes.shapes import ANSWER_VOCABULARY
+
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +41,6 @@ QUESTION_TYPES = (
     "left_of",
 )
 DEFAULT_QUESTION_TYPES = ("colour_of_largest", "count")
-ANSWER_VOCABULARY = tuple(COLOURS) + SHAPES + tuple(COUNTS.values())
 
 SYNTHETIC_FEATURES = datasets.Features(
     {

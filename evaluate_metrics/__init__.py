@@ -12,8 +12,18 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 """
-The benchmarks of LaViT (arXiv 2601.10129, Sec. 4), and HallusionBench: one `evaluate` module folder and one loader
-per benchmark.
+The benchmarks of LaViT (arXiv 2601.10129, Sec. 4), HallusionBench and the demo's shapes task: one folder each, found
+by its name.
+
+A benchmark is a folder `evaluate_metrics/<name>/` holding
+
+- `<name>.py`, `README.md` and `requirements.txt`: an `evaluate` module, self-contained as `evaluate.load` needs it
+  (evaluate copies `<name>.py` and the files it imports with a single dot: `metric_utils.py`, a link to this
+  package's one copy);
+- `loader.py` with `load(data_root, **options) -> datasets.Dataset`: reads the benchmark's official local layout
+  into rows whose fields are the module's references (see `loader_utils`).
+
+Adding a benchmark is adding such a folder; `lavit eval --benchmark <name>` finds it.
 
 Example:
 
@@ -21,19 +31,19 @@ Example:
 >>> import evaluate
 >>> from evaluate_metrics import BENCHMARKS, module_path
 >>> sorted(BENCHMARKS)
-['blink', 'hallusionbench', 'mmstar', 'mmvp', 'vsp', 'vstar']
+['blink', 'hallusionbench', 'mmstar', 'mmvp', 'shapes', 'vsp', 'vstar']
 >>> mmvp = evaluate.load(module_path("mmvp"))
 
 ```
 """
 
-from collections.abc import Callable
+import importlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import datasets
-
-from .loaders import load_blink, load_hallusionbench, load_mmstar, load_mmvp, load_vsp, load_vstar
 
 
 _HERE = Path(__file__).resolve().parent
@@ -42,50 +52,74 @@ _HERE = Path(__file__).resolve().parent
 @dataclass(frozen=True)
 class Benchmark:
     """
-    A benchmark: the loader of its official layout and the folder of its `evaluate` module.
+    A benchmark folder of this package.
 
     Args:
-        loader (`Callable[..., datasets.Dataset]`):
-            Reads the benchmark into a `datasets.Dataset` whose rows are the module's references.
+        name (`str`):
+            The folder's name, e.g. `"mmvp"`.
         module_path (`str`):
-            Absolute path of the module folder, for `evaluate.load`.
+            Absolute path of the folder, for `evaluate.load`.
     """
 
-    loader: Callable[..., datasets.Dataset]
+    name: str
     module_path: str
 
+    def load(self, data_root: str | os.PathLike, **options: Any) -> datasets.Dataset:
+        """The rows of the benchmark: `<name>/loader.py`'s `load(data_root, **options)`."""
+        return importlib.import_module(f"{__name__}.{self.name}.loader").load(data_root, **options)
 
+
+# A folder is a benchmark when it holds the evaluate module of its own name.
 BENCHMARKS: dict[str, Benchmark] = {
-    name: Benchmark(loader=loader, module_path=str(_HERE / name))
-    for name, loader in {
-        "blink": load_blink,
-        "hallusionbench": load_hallusionbench,
-        "mmstar": load_mmstar,
-        "mmvp": load_mmvp,
-        "vsp": load_vsp,
-        "vstar": load_vstar,
-    }.items()
+    folder.name: Benchmark(name=folder.name, module_path=str(folder))
+    for folder in sorted(_HERE.iterdir())
+    if (folder / f"{folder.name}.py").is_file()
 }
+
+
+def get_benchmark(name: str) -> Benchmark:
+    """
+    The benchmark folder `name`, or a `KeyError` that lists the known ones.
+
+    Args:
+        name (`str`):
+            One of `BENCHMARKS`, e.g. `"mmvp"`.
+    """
+    if name not in BENCHMARKS:
+        raise KeyError(f"Unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}.")
+    return BENCHMARKS[name]
 
 
 def module_path(name: str) -> str:
     """
-    Absolute path of an `evaluate` module folder of this package (a short relative name would be looked up on the
-    Hub).
+    Absolute path of a benchmark's `evaluate` module folder (a short relative name would be looked up on the Hub).
 
     Args:
         name (`str`):
-            One of `BENCHMARKS`, e.g. `"mmvp"`, or another module folder here that holds `<name>/<name>.py`.
+            One of `BENCHMARKS`, e.g. `"mmvp"`.
 
     Returns:
         `str`: the folder, to pass to `evaluate.load`.
     """
-    if name in BENCHMARKS:
-        return BENCHMARKS[name].module_path
-    if (_HERE / name / f"{name}.py").is_file():
-        return str(_HERE / name)
-    known = sorted(path.parent.name for path in _HERE.glob("*/*.py") if path.stem == path.parent.name)
-    raise KeyError(f"Unknown evaluate module {name!r}; known: {', '.join(known)}.")
+    return get_benchmark(name).module_path
 
 
-__all__ = ["BENCHMARKS", "Benchmark", "module_path"]
+def load_benchmark(name: str, data_root: str | os.PathLike, **options: Any) -> datasets.Dataset:
+    """
+    Reads benchmark `name` from its official local layout under `data_root`.
+
+    Args:
+        name (`str`):
+            One of `BENCHMARKS`, e.g. `"mmvp"`.
+        data_root (`str` or `os.PathLike`):
+            The benchmark's folder (or file, where its loader takes one).
+        options:
+            The loader's own options, e.g. `require_images=False` (see `evaluate_metrics/<name>/loader.py`).
+
+    Returns:
+        `datasets.Dataset`: `id`, `image`, `question`, `answer` and the module's reference fields.
+    """
+    return get_benchmark(name).load(data_root, **options)
+
+
+__all__ = ["BENCHMARKS", "Benchmark", "get_benchmark", "load_benchmark", "module_path"]

@@ -123,8 +123,48 @@ _MARKDOWN = re.compile(r"[*`]+")
 _AFTER_LETTER = r"(?=\s*(?:$|[.,;:!?)\]}]|\s(?:because|since|as)\b))"
 
 
+# Option texts are compared at three levels, strictest first: exactly (outer white space aside); ignoring case,
+# markdown marks, runs of white space and enclosing quotes; ignoring punctuation too. "0.21" and "-0.21", or
+# "Happy Easter" and "Happy Easter!", are told apart at the first two levels and only merge at the last.
+_QUOTES = "\"'“”‘’"
+
+
+def _exact(text: str) -> str:
+    return text.strip()
+
+
+def _folded(text: str) -> str:
+    return re.sub(r"\s+", " ", _MARKDOWN.sub("", text)).strip().strip(_QUOTES).strip().casefold()
+
+
 def _normalise(text: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", text.lower())).strip()
+
+
+def matching_options(text: str, options: Sequence[str]) -> list[int]:
+    """
+    The indices of the options whose text `text` is, at the strictest level where it is any: exactly, then ignoring
+    case, markdown marks, white space and enclosing quotes, then ignoring punctuation too. More than one index means
+    that `text` cannot tell those options apart.
+
+    Example:
+
+    ```python
+    >>> options = ['"Happy Easter"', '"Happy Easter!"']
+    >>> matching_options('"Happy Easter"', options), matching_options("Happy Easter!", options)
+    ([0], [1])
+    >>> matching_options("happy easter.", options), matching_options("Merry Christmas", options)
+    ([0, 1], [])
+
+    ```
+    """
+    for compare in (_exact, _folded, _normalise):
+        key = compare(text)
+        if key:
+            found = [index for index, option in enumerate(options) if compare(option) == key]
+            if found:
+                return found
+    return []
 
 
 def _letter_patterns(letters: Sequence[str]) -> dict[str, re.Pattern]:
@@ -139,7 +179,11 @@ def _letter_patterns(letters: Sequence[str]) -> dict[str, re.Pattern]:
             rf"(?:option\s+)?{token}",
             re.IGNORECASE,
         ),
-        "cue_text": re.compile(r"\b(?:answer|choice)\s*(?:is|would be|should be|=)?\s*[:\-]?\s*([^\n.]+)", re.I),
+        # The text after a cue runs to the end of its line or sentence; a dash before a number is its sign, and a
+        # dot before a digit is a decimal point ("The answer is -0.21.").
+        "cue_text": re.compile(
+            r"\b(?:answer|choice)\s*(?:is|would be|should be|=)?\s*(?::|-(?!\d))?\s*((?:[^\n.]|\.(?=\d))+)", re.I
+        ),
         "mention": re.compile(
             rf"\(\s*([{both}])\s*\)|\boption\s+([{both}])\b|^\s*([{upper}])[.:)](?!\w)", re.IGNORECASE | re.MULTILINE
         ),
@@ -157,10 +201,14 @@ def extract_choice(text: str | None, letters: Sequence[str], options: Sequence[s
     The rules, first match wins (markdown `*` and backticks are removed first):
 
     1. The whole answer is one letter, bare or in brackets: `"b"`, `"(B)"`, `"[C]."`.
-    2. The whole answer is one option's text: `"red"` (case and punctuation ignored).
+    2. The whole answer is one option's text: `"red"`. Texts are compared exactly first, then ignoring case,
+       markdown marks, white space and enclosing quotes, then ignoring punctuation too (`matching_options`); at the
+       first level where the answer matches, it must match one option only. Against `"Happy Easter"` and
+       `"Happy Easter!"`, `"Happy Easter!"` chooses the second, while `"happy easter."` equals both once punctuation
+       is ignored and chooses none (the answer is not read further).
     3. The last answer cue (`"answer"` or `"choice"`, optionally `is`/`:`/`option`; or `\\boxed{`) followed by a
        letter in parentheses, or by a bare letter followed by punctuation, the end, or "because/since/as"; or,
-       failing a letter, a cue followed by exactly one option's text (`"The answer is red."`).
+       failing a letter, a cue followed by one option's text, compared as in rule 2 (`"The answer is red."`).
     4. Exactly one distinct option is mentioned in the whole answer, else in its last paragraph: `"(A)"`,
        `"option A"`, or a line starting with `"A."`, `"A:"` or `"A)"` (so `"(b) Closed"` and `"B: red"` count).
        An answer that starts with one option and then weighs another is read from its last paragraph only.
@@ -187,38 +235,36 @@ def extract_choice(text: str | None, letters: Sequence[str], options: Sequence[s
     True
     >>> extract_choice("Red", ["A", "B"], options=["red", "blue"])
     'A'
+    >>> extract_choice("0.21", ["A", "B"], options=["-0.21", "0.21"])
+    'B'
 
     ```
     """
     if not text or not text.strip():
         return None
     canonical = {letter.upper(): letter for letter in letters}
-    text = _MARKDOWN.sub("", text)
+    options = list(options or [])[: len(letters)]
+    raw, text = text, _MARKDOWN.sub("", text)
     patterns = _letter_patterns(letters)
-    texts = {_normalise(option): index for index, option in enumerate(options or []) if _normalise(option)}
-
-    def from_text(candidate: str) -> str | None:
-        index = texts.get(_normalise(candidate))
-        return letters[index] if index is not None and index < len(letters) else None
 
     match = patterns["alone"].match(text)
     if match:
         return canonical[match.group(1).upper()]
-    chosen = from_text(text)
-    if chosen:
-        return chosen
+    found = matching_options(raw, options)
+    if found:
+        return letters[found[0]] if len(found) == 1 else None
     cues = list(patterns["cue"].finditer(text))
     if cues:
         return canonical[next(group for group in cues[-1].groups() if group).upper()]
     cue_texts = list(patterns["cue_text"].finditer(text))
-    if cue_texts and texts:
-        chosen = from_text(cue_texts[-1].group(1))
-        if chosen:
-            return chosen
+    if cue_texts:
+        found = matching_options(cue_texts[-1].group(1), options)
+        if found:
+            return letters[found[0]] if len(found) == 1 else None
     for scope in (text, re.split(r"\n\s*\n", text.strip())[-1]):
-        found = _mentions(patterns["mention"], scope)
-        if len(found) == 1:
-            return canonical[found.pop()]
+        mentioned = _mentions(patterns["mention"], scope)
+        if len(mentioned) == 1:
+            return canonical[mentioned.pop()]
     return None
 
 
@@ -240,4 +286,12 @@ def grade_choice(text: str | None, answer: str, options: Sequence[str]) -> tuple
     return choice == answer.strip().strip("()").strip().upper(), choice is not None
 
 
-__all__ = ["accuracy_by_group", "benchmark_info", "extract_choice", "grade_choice", "join_by_id", "mean"]
+__all__ = [
+    "accuracy_by_group",
+    "benchmark_info",
+    "extract_choice",
+    "grade_choice",
+    "join_by_id",
+    "matching_options",
+    "mean",
+]

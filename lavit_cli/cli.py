@@ -20,7 +20,7 @@ COMMANDS = {
     "make-tiny": ("lavit_hf.tiny_cli", "save a tiny random LaViT student or Qwen2.5-VL teacher with its processor"),
     "extract": ("datasets_scripts.extract", "run a teacher over a question-answer source into a LaViT dataset"),
     "train": ("trainer.train", "train a LaViT student, in one stage or two"),
-    "eval": ("evaluate_metrics.runner", "generate answers on a benchmark and score them"),
+    "eval": ("evaluate_metrics.runner", "generate answers on a benchmark with one or more models and score them"),
     "demo": ("lavit_cli.demo", "the whole pipeline end to end on a procedurally generated task"),
 }
 

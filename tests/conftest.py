@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BENCH_SAMPLES = REPO_ROOT.parent / "shared" / "bench_samples"
+BENCH_SAMPLES = REPO_ROOT / "tests" / "fixtures" / "bench_samples"
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +52,6 @@ def tiny_teacher_dir(tmp_path_factory, tiny_teacher_pair):
 
 @pytest.fixture(scope="session")
 def bench_samples() -> Path:
-    """`../shared/bench_samples`: real benchmark rows with their official figures."""
-    if not BENCH_SAMPLES.is_dir():
-        raise FileNotFoundError(f"{BENCH_SAMPLES} is missing: the tests need shared/ beside the repository.")
+    """`tests/fixtures/bench_samples`: real benchmark rows with their sources, licences and official figures
+    (its README.md)."""
     return BENCH_SAMPLES

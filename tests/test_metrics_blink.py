@@ -13,28 +13,19 @@
 # limitations under the License.
 """BLINK: official per-task figures from GPT-4o's released raw outputs, and the loader on the Hub parquet layout."""
 
-import os
+import json
+import random
+import re
+import sys
+
+import datasets
+import evaluate
+import pytest
+from PIL import Image
+
+from evaluate_metrics import load_benchmark, module_path
 
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-import json  # noqa: E402
-import random  # noqa: E402
-import re  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import datasets  # noqa: E402
-import evaluate  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from evaluate_metrics import module_path  # noqa: E402
-from evaluate_metrics.loaders import load_blink  # noqa: E402
-
-
-BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "bench_samples" / "blink"
 # Official val accuracies of GPT-4o (bench_samples/README.md: `prediction == answer` in the released outputs).
 OFFICIAL = {
     "Counting": 0.4917,
@@ -48,8 +39,14 @@ OFFICIAL = {
 NUM_CHOICES = {"Counting": 4, "IQ_Test": 4, "Relative_Depth": 2, "Relative_Reflectance": 3, "Spatial_Relation": 2}
 
 
-def _requests():
-    return [json.loads(line) for line in (BENCH / "visualsketchpad_blink_val_requests.jsonl").open()]
+@pytest.fixture(scope="module")
+def bench(bench_samples):
+    return bench_samples / "blink"
+
+
+@pytest.fixture(scope="module")
+def requests(bench):
+    return [json.loads(line) for line in (bench / "visualsketchpad_blink_val_requests.jsonl").open()]
 
 
 def _choices(prompt):
@@ -62,12 +59,12 @@ def blink():
 
 
 @pytest.fixture(scope="module")
-def gpt4o():
+def gpt4o(bench, requests):
     """The released outputs as rows `(task, item)`, with real option texts where bench_samples has them."""
-    texts = {request["_idx"]: _choices(request["query"]) for request in _requests()}
+    texts = {request["_idx"]: _choices(request["query"]) for request in requests}
     rows = []
     for task in OFFICIAL:
-        for item in json.loads((BENCH / "saved_outputs_GPT4o" / f"{task}.json").read_text())["val"]:
+        for item in json.loads((bench / "saved_outputs_GPT4o" / f"{task}.json").read_text())["val"]:
             choices = texts.get(item["idx"], [""] * NUM_CHOICES[task])
             assert len(choices) == NUM_CHOICES[task]
             rows.append((task, item, choices))
@@ -87,8 +84,8 @@ def _official_accuracy(rows, task):
     return sum(item["prediction"] == item["answer"] for item in items) / len(items)
 
 
-def test_released_answers_are_the_official_key(gpt4o):
-    key = json.loads((BENCH / "val_answers.json").read_text())
+def test_released_answers_are_the_official_key(bench, gpt4o):
+    key = json.loads((bench / "val_answers.json").read_text())
     assert all(key[item["idx"]] == item["answer"] for _, item, _ in gpt4o)
     assert {task: round(_official_accuracy(gpt4o, task), 4) for task in OFFICIAL} == OFFICIAL
 
@@ -163,7 +160,7 @@ def test_extraction_on_a_two_option_question(blink, answer, correct, deferred, u
     assert (results["accuracy"], results["deferred"], results["unparsed"]) == (float(correct), deferred, unparsed)
 
 
-def _write_parquet(root, requests, with_images):
+def _write_parquet(root, bench, requests, with_images):
     """Writes real request rows in the Hub layout of BLINK-Benchmark/BLINK: `<Task>/val-00000-of-00001.parquet`."""
     features = datasets.Features(
         {
@@ -180,7 +177,7 @@ def _write_parquet(root, requests, with_images):
     by_task = {}
     for request in requests:
         prompt = re.sub(r"<img src='[^']*'>\s*", "", request["query"]).strip()
-        image = BENCH / "images" / f"{request['_idx']}.jpg"
+        image = bench / "images" / f"{request['_idx']}.jpg"
         by_task.setdefault(request["_task"], []).append(
             {
                 "idx": request["_idx"],
@@ -201,12 +198,11 @@ def _write_parquet(root, requests, with_images):
         datasets.Dataset.from_list(task_rows, features=features).to_parquet(root / task / "val-00000-of-00001.parquet")
 
 
-def test_loader_reads_the_hub_parquet_layout(tmp_path):
-    requests = _requests()
-    _write_parquet(tmp_path, requests, with_images=False)
-    rows = load_blink(tmp_path, require_images=False)
-    assert rows.num_rows == 417 and sorted(set(rows["task"])) == ["Jigsaw", "Relative_Depth", "Spatial_Relation"]
-    key = json.loads((BENCH / "val_answers.json").read_text())
+def test_loader_reads_the_hub_parquet_layout(tmp_path, bench, requests):
+    _write_parquet(tmp_path, bench, requests, with_images=False)
+    rows = load_benchmark("blink", tmp_path, require_images=False)
+    assert rows.num_rows == 277 and sorted(set(rows["task"])) == ["Jigsaw", "Relative_Depth", "Spatial_Relation"]
+    key = json.loads((bench / "val_answers.json").read_text())
     assert all(key[row_id] == answer for row_id, answer in zip(rows["id"], rows["answer"], strict=True))
     first = rows[rows["id"].index("val_Relative_Depth_1")]
     assert first["question"] == (
@@ -214,18 +210,18 @@ def test_loader_reads_the_hub_parquet_layout(tmp_path):
         "camera?\nSelect from the following choices.\n(A) A is closer\n(B) B is closer"
     )
     assert first["choices"] == ["A is closer", "B is closer"] and first["task"] == "Relative_Depth"
-    assert load_blink(tmp_path, tasks=["Jigsaw"], require_images=False).num_rows == 150
+    assert load_benchmark("blink", tmp_path, tasks=["Jigsaw"], require_images=False).num_rows == 10
     with pytest.raises(ValueError, match="BLINK 'val_Jigsaw_1' .* has no 'image_1'"):
-        load_blink(tmp_path, tasks=["Jigsaw"])
+        load_benchmark("blink", tmp_path, tasks=["Jigsaw"])
     with pytest.raises(FileNotFoundError, match="BLINK task 'Counting': no val-\\*.parquet"):
-        load_blink(tmp_path, tasks=["Counting"])
+        load_benchmark("blink", tmp_path, tasks=["Counting"])
 
 
-def test_loader_decodes_the_images(tmp_path):
-    requests = [request for request in _requests() if (BENCH / "images" / f"{request['_idx']}.jpg").is_file()]
-    _write_parquet(tmp_path, requests, with_images=True)
-    rows = load_blink(tmp_path)
+def test_loader_decodes_the_images(tmp_path, bench, requests):
+    with_images = [request for request in requests if (bench / "images" / f"{request['_idx']}.jpg").is_file()]
+    _write_parquet(tmp_path, bench, with_images, with_images=True)
+    rows = load_benchmark("blink", tmp_path)
     assert rows["id"] == ["val_Relative_Depth_1", "val_Spatial_Relation_1"]
     for row in rows:
-        with Image.open(BENCH / "images" / f"{row['id']}.jpg") as original:
+        with Image.open(bench / "images" / f"{row['id']}.jpg") as original:
             assert len(row["image"]) == 1 and row["image"][0].tobytes() == original.convert("RGB").tobytes()

@@ -11,32 +11,30 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""What every benchmark module shares: folder layout, doctests, join by id, and the free-text choice extraction."""
+"""What every benchmark folder shares: module and loader layout, doctests, join by id, and the free-text choice
+extraction."""
 
-import os
+import doctest
+import importlib
+import inspect
+import shutil
+import sys
+from pathlib import Path
 
+import evaluate
+import pytest
 
-# No Hub access: modules load from their folders (set before evaluate/datasets read them at import).
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-import doctest  # noqa: E402
-import inspect  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import evaluate  # noqa: E402
-import pytest  # noqa: E402
-
-import evaluate_metrics  # noqa: E402
-import evaluate_metrics.loaders  # noqa: E402
-import evaluate_metrics.metric_utils  # noqa: E402
-from evaluate_metrics import module_path  # noqa: E402
-from evaluate_metrics.metric_utils import extract_choice, join_by_id  # noqa: E402
+import evaluate_metrics
+import evaluate_metrics.loader_utils
+import evaluate_metrics.metric_utils
+import evaluate_metrics.runner
+from evaluate_metrics import BENCHMARKS, module_path
+from evaluate_metrics.metric_utils import extract_choice, join_by_id, matching_options
 
 
-# Every module folder, the demo's shapes task included (it has no loader of an official layout).
-NAMES = sorted(path.name for path in Path(module_path("mmvp")).parent.iterdir() if (path / f"{path.name}.py").is_file())
+PACKAGE = Path(evaluate_metrics.__file__).parent
+# Every folder of the package, found on disk rather than through the registry it checks.
+NAMES = sorted(path.name for path in PACKAGE.iterdir() if path.is_dir() and path.name != "__pycache__")
 CARD_SECTIONS = (
     "## Metric Description",
     "## How to Use",
@@ -72,6 +70,11 @@ def loaded(request):
     return request.param, evaluate.load(module_path(request.param))
 
 
+def test_every_folder_is_a_benchmark_found_by_name():
+    assert NAMES == sorted(BENCHMARKS)
+    assert all(BENCHMARKS[name].module_path == str(PACKAGE / name) for name in NAMES)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_module_folder_follows_the_evaluate_layout(name):
     folder = Path(module_path(name))
@@ -88,6 +91,28 @@ def test_module_folder_follows_the_evaluate_layout(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_module_folder_is_self_contained(name, tmp_path):
+    # What evaluate needs of a folder published alone (e.g. as a Space): the module, the files it imports with a
+    # single dot (links resolved), its card and requirements; never the loader or the package around it.
+    copy = tmp_path / name
+    shutil.copytree(module_path(name), copy, ignore=shutil.ignore_patterns("loader.py", "__init__.py", "__pycache__"))
+    assert not any(path.is_symlink() for path in copy.iterdir())
+    references = [{"id": key, **REFERENCE[name]} for key in ("q1", "q2")]
+    predictions = [{"id": "q1", "prediction": "x"}, {"id": "q2", "prediction": "(a)"}]
+    assert evaluate.load(str(copy)).compute(predictions=predictions, references=references) == evaluate.load(
+        module_path(name)
+    ).compute(predictions=predictions, references=references)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_loader_reads_a_data_root(name):
+    load = importlib.import_module(f"evaluate_metrics.{name}.loader").load
+    assert next(iter(inspect.signature(load).parameters)) == "data_root"
+    with pytest.raises(FileNotFoundError):
+        BENCHMARKS[name].load(PACKAGE / "no-such-folder")
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_module_files_import_one_module_per_line(name):
     # evaluate reads "import a, b" as a package named "a," (HF_NOTES.md, evaluate); "from a import b, c" is fine.
     for path in (Path(module_path(name)) / f"{name}.py", Path(module_path(name)) / "metric_utils.py"):
@@ -101,9 +126,18 @@ def test_docstring_examples_run(loaded):
     assert result.attempted > 0 and result.failed == 0, name
 
 
-@pytest.mark.parametrize("module", [evaluate_metrics, evaluate_metrics.loaders, evaluate_metrics.metric_utils])
+@pytest.mark.parametrize(
+    "module",
+    [
+        evaluate_metrics,
+        evaluate_metrics.loader_utils,
+        evaluate_metrics.metric_utils,
+        evaluate_metrics.runner,
+        "evaluate_metrics.vsp.loader",
+    ],
+)
 def test_package_docstring_examples_run(module):
-    result = doctest.testmod(module)
+    result = doctest.testmod(importlib.import_module(module) if isinstance(module, str) else module)
     assert result.attempted > 0 and result.failed == 0
 
 
@@ -135,7 +169,7 @@ def test_rows_are_joined_by_id_with_clear_errors(loaded):
 
 
 def test_module_path_refuses_unknown_names():
-    with pytest.raises(KeyError, match="Unknown evaluate module 'mmbench'; known: blink, .*vstar"):
+    with pytest.raises(KeyError, match="Unknown benchmark 'mmbench'; known: blink, .*vstar"):
         module_path("mmbench")
 
 
@@ -187,3 +221,33 @@ def test_extract_choice_keeps_the_benchmark_case_and_option_count():
     assert extract_choice("A", ["a", "b"]) == "a"
     # "(C)" is not an option of a two-option question.
     assert extract_choice("(C)", ["a", "b"]) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "options", "expected"),
+    [
+        # Exact texts come first, so options that differ only in punctuation or a sign stay apart.
+        ('"Happy Easter"', ['"Happy Easter"', '"Happy Easter!"'], "A"),
+        ('"Happy Easter!"', ['"Happy Easter"', '"Happy Easter!"'], "B"),
+        ("Happy Easter!", ['"Happy Easter"', '"Happy Easter!"'], "B"),
+        ("**happy  easter**", ['"Happy Easter"', '"Happy Easter!"'], "A"),
+        ("-0.21", ["-0.21", "0.21", "21", "0"], "A"),
+        ("The answer is -0.21.", ["-0.21", "0.21", "21", "0"], "A"),
+        ("Answer: 0.21", ["-0.21", "0.21", "21", "0"], "B"),
+        ("a^2 - 2*a*b + b^2", ["a^2 - 2*a*b + b^2", "a^2 + 2*a*b + b^2"], "A"),
+        # Equal at the level where the answer matches: no option is chosen.
+        ("happy easter.", ['"Happy Easter"', '"Happy Easter!"'], None),
+        ("The answer is Happy Easter?", ['"Happy Easter"', '"Happy Easter!"'], None),
+        ("18", ["9", "12", "18", "18"], None),
+        # A letter still decides before any text.
+        ("(C)", ["9", "12", "18", "18"], "C"),
+    ],
+)
+def test_extract_choice_never_merges_options_that_differ(text, options, expected):
+    assert extract_choice(text, "ABCD"[: len(options)], options=options) == expected
+
+
+def test_matching_options_reports_every_option_at_the_first_level_that_matches():
+    assert matching_options("Open", ["open", "Open"]) == [1]
+    assert matching_options("OPEN", ["open", "Open"]) == [0, 1]
+    assert matching_options("Closed", ["open", "Open"]) == []

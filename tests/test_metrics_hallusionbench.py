@@ -13,25 +13,19 @@
 # limitations under the License.
 """HallusionBench: the authors' groupings on the 1,129 real questions, and the loader."""
 
-import os
+import json
+import random
+
+import evaluate
+import pytest
+from PIL import Image
+
+from evaluate_metrics import load_benchmark, module_path
 
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-import json  # noqa: E402
-import random  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import evaluate  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from evaluate_metrics import module_path  # noqa: E402
-from evaluate_metrics.loaders import load_hallusionbench  # noqa: E402
-
-
-BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "bench_samples" / "hallusionbench"
+@pytest.fixture(scope="module")
+def bench(bench_samples):
+    return bench_samples / "hallusionbench"
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +34,9 @@ def hallusionbench():
 
 
 @pytest.fixture(scope="module")
-def references():
-    return load_hallusionbench(BENCH, require_images=False).remove_columns(["image", "question"]).to_list()
+def references(bench):
+    rows = load_benchmark("hallusionbench", bench, require_images=False)
+    return rows.remove_columns(["image", "question"]).to_list()
 
 
 def _answers(references, flip=()):
@@ -100,8 +95,8 @@ def test_score_does_not_depend_on_the_order_of_predictions(hallusionbench, refer
     )
 
 
-def test_released_sample_answers_join_the_questions(hallusionbench, references):
-    sample = json.loads((BENCH / "HallusionBench_result_sample.json").read_text())
+def test_released_sample_answers_join_the_questions(hallusionbench, references, bench):
+    sample = json.loads((bench / "HallusionBench_result_sample.json").read_text())
     by_id = {row["id"]: row for row in references}
     ids = [
         "_".join(item[key] for key in ("category", "subcategory", "set_id", "figure_id", "question_id"))
@@ -138,17 +133,17 @@ def test_yes_no_reading(hallusionbench, answer, reading):
     assert (results["question_accuracy"], results["unparsed"]) == (float(reading == "yes"), int(reading is None))
 
 
-def test_loader_finds_figures_and_names_missing_ones(tmp_path):
+def test_loader_finds_figures_and_names_missing_ones(tmp_path, bench):
     # Set 0 of VS/chart: figure 0 (four questions asked without an image) and figure 1 (with ./VS/chart/0_1.png).
-    questions = json.loads((BENCH / "HallusionBench.json").read_text())[:6]
+    questions = json.loads((bench / "HallusionBench.json").read_text())[:6]
     (tmp_path / "HallusionBench.json").write_text(json.dumps(questions))
     with pytest.raises(FileNotFoundError, match="Figure of HallusionBench VS_chart_0_1_0 not found: tried .*0_1.png"):
-        load_hallusionbench(tmp_path)
+        load_benchmark("hallusionbench", tmp_path)
     (tmp_path / "hallusion_bench" / "VS" / "chart").mkdir(parents=True)
     Image.new("RGB", (20, 10)).save(tmp_path / "hallusion_bench" / "VS" / "chart" / "0_1.png")
-    rows = load_hallusionbench(tmp_path)
+    rows = load_benchmark("hallusionbench", tmp_path)
     assert rows["id"][3:5] == ["VS_chart_0_0_3", "VS_chart_0_1_0"] and rows["answer"][:2] == ["no", "yes"]
     assert rows["image"][:4] == [None] * 4 and rows[4]["image"].size == (20, 10)
     (tmp_path / "HallusionBench.json").write_text(json.dumps([{**questions[0], "gt_answer": "maybe"}]))
     with pytest.raises(ValueError, match="question 1 \\(VS_chart_0_0_0\\): gt_answer 'maybe'"):
-        load_hallusionbench(tmp_path)
+        load_benchmark("hallusionbench", tmp_path)

@@ -13,29 +13,27 @@
 # limitations under the License.
 """MMStar: the official score of the LLaVA-NeXT-Yi-34B submission released with MMStar, and the loader's layouts."""
 
-import os
+import base64
+import io
+import json
+import random
+
+import datasets
+import evaluate
+import pytest
+from PIL import Image
+
+from evaluate_metrics import load_benchmark, module_path
 
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-import base64  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import random  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import datasets  # noqa: E402
-import evaluate  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from evaluate_metrics import module_path  # noqa: E402
-from evaluate_metrics.loaders import load_mmstar  # noqa: E402
+@pytest.fixture(scope="module")
+def bench(bench_samples):
+    return bench_samples / "mmstar"
 
 
-BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "bench_samples" / "mmstar"
-SUBMISSION = BENCH / "mmstar_1500_from_llava_next_yi_34b_submission.jsonl"
+@pytest.fixture(scope="module")
+def submission_file(bench):
+    return bench / "mmstar_1500_from_llava_next_yi_34b_submission.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +42,14 @@ def mmstar():
 
 
 @pytest.fixture(scope="module")
-def submission():
-    return [json.loads(line) for line in SUBMISSION.open()]
+def submission(submission_file):
+    return [json.loads(line) for line in submission_file.open()]
 
 
 @pytest.fixture(scope="module")
-def references():
-    return load_mmstar(SUBMISSION, require_images=False).remove_columns(["image", "question"]).to_list()
+def references(submission_file):
+    rows = load_benchmark("mmstar", submission_file, require_images=False)
+    return rows.remove_columns(["image", "question"]).to_list()
 
 
 def _predictions(submission):
@@ -111,9 +110,33 @@ def test_official_and_strict_extraction(mmstar, answer, official, strict):
         assert (results["accuracy"], results["unparsed"]) == expected, extraction
 
 
-def test_loader_reads_the_xlsx_and_jsonl_submissions_alike(submission):
-    from_xlsx = load_mmstar(BENCH / "llava_next_yi_34b_MMStar.xlsx", require_images=False)
-    from_jsonl = load_mmstar(SUBMISSION, require_images=False)
+def test_strict_extraction_tells_apart_options_that_differ_in_a_sign_or_punctuation(mmstar, references):
+    by_id = {reference["id"]: reference for reference in references}
+    # Real rows: 1245 (-0.21, 0.21, 21, 0; answer B), 1406 (0.00680 mm/mm, -0.00680 mm/mm, ...; answer D) and
+    # 1236 (9, 12, 18, 18; answer C: its text names two options).
+    assert by_id["1245"]["options"] == ["-0.21", "0.21", "21", "0"] and by_id["1245"]["answer"] == "B"
+    assert by_id["1236"]["options"] == ["9", "12", "18", "18"] and by_id["1236"]["answer"] == "C"
+    answers = {
+        "1245": ("0.21", True),
+        "1406": ("The answer is 0.0281*10^(-3) mm/mm.", True),
+        "1236": ("18", False),
+    }
+    for row_id, (answer, correct) in answers.items():
+        results = mmstar.compute(
+            predictions=[{"id": row_id, "prediction": answer}], references=[by_id[row_id]], extraction="strict"
+        )
+        assert (results["accuracy"], results["unparsed"]) == (float(correct), int(not correct)), row_id
+    wrong = mmstar.compute(
+        predictions=[{"id": "1245", "prediction": "The answer is -0.21."}],
+        references=[by_id["1245"]],
+        extraction="strict",
+    )
+    assert (wrong["accuracy"], wrong["unparsed"]) == (0.0, 0)
+
+
+def test_loader_reads_the_xlsx_and_jsonl_submissions_alike(bench, submission_file):
+    from_xlsx = load_benchmark("mmstar", bench / "llava_next_yi_34b_MMStar.xlsx", require_images=False)
+    from_jsonl = load_benchmark("mmstar", submission_file, require_images=False)
     assert from_jsonl.num_rows == 1500
     assert from_xlsx.remove_columns("question").to_list() == from_jsonl.remove_columns("question").to_list()
     # The jsonl was converted from the sheet's XML, which escapes a literal "_x000D_" (2 MathVista questions).
@@ -128,7 +151,7 @@ def test_loader_reads_the_xlsx_and_jsonl_submissions_alike(submission):
     # MathVista questions list "Choices:" one per line instead of "Options: A: ..., B: ...".
     assert sum(len(options) == 4 for options in from_jsonl["options"]) == 1499
     with pytest.raises(ValueError, match="MMStar index 0 in .*llava_next_yi_34b_MMStar.xlsx has no 'image' field"):
-        load_mmstar(BENCH / "llava_next_yi_34b_MMStar.xlsx")
+        load_benchmark("mmstar", bench / "llava_next_yi_34b_MMStar.xlsx")
 
 
 def _image_bytes(color):
@@ -157,7 +180,7 @@ def test_loader_reads_the_hub_parquet_and_a_vlmevalkit_tsv(tmp_path, submission)
     )
     table = [{**row, "image": image, "meta_info": {"source": "test"}} for row, image in zip(rows, images, strict=True)]
     datasets.Dataset.from_list(table, features=features).to_parquet(tmp_path / "mmstar.parquet")
-    from_parquet = load_mmstar(tmp_path)
+    from_parquet = load_benchmark("mmstar", tmp_path)
     assert from_parquet["id"] == [str(row["index"]) for row in rows]
     assert from_parquet[3]["image"].getpixel((0, 0)) == (3, 0, 0)
     tsv = tmp_path / "MMStar.tsv"
@@ -169,5 +192,5 @@ def test_loader_reads_the_hub_parquet_and_a_vlmevalkit_tsv(tmp_path, submission)
             f"{row['index']}\t{question}\t{encoded}\t{row['answer']}\t{row['category']}\t{row['l2_category']}"
         )
     tsv.write_text("\n".join(lines) + "\n")
-    from_tsv = load_mmstar(tsv)
+    from_tsv = load_benchmark("mmstar", tsv)
     assert from_tsv["id"] == ["0", "1", "2"] and from_tsv[2]["image"].getpixel((0, 0)) == (2, 0, 0)

@@ -13,26 +13,22 @@
 # limitations under the License.
 """MMVP: the loader on the bench_samples rows and images, and question and pair accuracy on their answers."""
 
-import os
+import json
+import random
+
+import evaluate
+import pytest
+from PIL import Image
+
+from evaluate_metrics import load_benchmark, module_path
 
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-import json  # noqa: E402
-import random  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import evaluate  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from evaluate_metrics import module_path  # noqa: E402
-from evaluate_metrics.loaders import load_mmvp  # noqa: E402
+CSV = "Questions_reconstructed_from_visualsketchpad.csv"
 
 
-BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "bench_samples" / "mmvp"
-CSV = BENCH / "Questions_reconstructed_from_visualsketchpad.csv"
+@pytest.fixture(scope="module")
+def bench(bench_samples):
+    return bench_samples / "mmvp"
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +37,8 @@ def mmvp():
 
 
 @pytest.fixture(scope="module")
-def rows():
-    return load_mmvp(BENCH, questions_file=CSV, images_dir=BENCH / "images", require_images=False)
+def rows(bench):
+    return load_benchmark("mmvp", bench, questions_file=bench / CSV, images_dir=bench / "images", require_images=False)
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +47,9 @@ def references(rows):
 
 
 @pytest.fixture(scope="module")
-def gold():
+def gold(bench):
     # VisualSketchpad's request files, a source independent of the CSV, hold the same 300 answers.
-    requests = [json.loads(line) for line in (BENCH / "visualsketchpad_mmvp_requests.jsonl").open()]
-    return {str(request["_index"]): request["answer"] for request in requests}
+    return json.loads((bench / "visualsketchpad_mmvp_answers.json").read_text())
 
 
 def _predict(references, gold, wrong=()):
@@ -84,27 +79,27 @@ def test_loader_reads_the_official_csv_layout(rows, gold):
     assert all(len({answer for _, answer in members}) == 2 for members in pairs.values())
 
 
-def test_loader_reads_images_and_names_a_missing_one(tmp_path):
+def test_loader_reads_images_and_names_a_missing_one(bench, tmp_path):
     subset = tmp_path / "Questions.csv"
-    subset.write_text("".join(CSV.read_text().splitlines(keepends=True)[:3]))
-    rows = load_mmvp(tmp_path, images_dir=BENCH / "images")
+    subset.write_text("".join((bench / CSV).read_text().splitlines(keepends=True)[:3]))
+    rows = load_benchmark("mmvp", tmp_path, images_dir=bench / "images")
     assert rows.num_rows == 2
     for row in rows:
-        with Image.open(BENCH / "images" / f"{row['id']}.jpg") as original:
+        with Image.open(bench / "images" / f"{row['id']}.jpg") as original:
             assert row["image"].tobytes() == original.tobytes()
     with pytest.raises(FileNotFoundError, match="MMVP Index 3 not found: .*images/3.jpg"):
-        load_mmvp(BENCH, questions_file=CSV, images_dir=BENCH / "images")
+        load_benchmark("mmvp", bench, questions_file=bench / CSV, images_dir=bench / "images")
     with pytest.raises(FileNotFoundError, match="MMVP questions file not found: .*Questions.csv"):
-        load_mmvp(BENCH)
+        load_benchmark("mmvp", bench)
 
 
 def test_loader_names_a_missing_column_and_a_bad_row(tmp_path):
     (tmp_path / "Questions.csv").write_text("Index,Question,Options\n1,Q?,(a) x (b) y\n")
     with pytest.raises(ValueError, match=r"no column\(s\) \['Correct Answer'\]"):
-        load_mmvp(tmp_path, require_images=False)
+        load_benchmark("mmvp", tmp_path, require_images=False)
     (tmp_path / "Questions.csv").write_text("Index,Question,Options,Correct Answer\n1,Q?,x or y,(a)\n")
     with pytest.raises(ValueError, match="line 2 \\(Index 1\\): cannot read the options"):
-        load_mmvp(tmp_path, require_images=False)
+        load_benchmark("mmvp", tmp_path, require_images=False)
 
 
 def test_gold_answers_in_free_text_score_one(mmvp, references, gold):
@@ -149,6 +144,28 @@ def test_extraction_on_an_mmvp_question(mmvp, answer, correct, unparsed):
     results = mmvp.compute(predictions=predictions, references=references)
     assert results["accuracy"] == (1.0 if correct else 0.5) and results["unparsed"] == unparsed
     assert results["pair_accuracy"] == float(correct)
+
+
+def test_options_that_differ_only_in_punctuation_are_told_apart(mmvp, references):
+    # Rows 201/202: options '"Happy Easter"' and '"Happy Easter!"', answers (a) and (b).
+    pair = [reference for reference in references if reference["id"] in ("201", "202")]
+    assert [reference["options"] for reference in pair] == [['"Happy Easter"', '"Happy Easter!"']] * 2
+    assert [reference["answer"] for reference in pair] == ["(a)", "(b)"]
+
+    def score(first, second):
+        predictions = [{"id": "201", "prediction": first}, {"id": "202", "prediction": second}]
+        return mmvp.compute(predictions=predictions, references=pair)
+
+    both_right = {"accuracy": 1.0, "pair_accuracy": 1.0, "num_questions": 2, "num_pairs": 1, "unparsed": 0}
+    assert score("a", "b") == both_right
+    # The option texts, as written or without their quotes, choose as the letters do.
+    assert score('"Happy Easter"', '"Happy Easter!"') == both_right
+    assert score("Happy Easter", "Happy Easter!") == both_right
+    assert score("The answer is Happy Easter!", "the answer is happy easter") == {
+        **both_right, "accuracy": 0.0, "pair_accuracy": 0.0
+    }
+    # Once punctuation is ignored both options match: no option is chosen, and both are counted.
+    assert score("happy easter.", "HAPPY EASTER?")["unparsed"] == 2
 
 
 def test_a_pair_with_one_question_is_refused(mmvp):

@@ -13,26 +13,22 @@
 # limitations under the License.
 """VSP spatial planning: plans walked on the 400 real maps of Mirage's `test_direct.jsonl`."""
 
-import os
+import json
+import random
+
+import evaluate
+import pytest
+from PIL import Image
+
+from evaluate_metrics import load_benchmark, module_path
 
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-import json  # noqa: E402
-import random  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import evaluate  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from evaluate_metrics import module_path  # noqa: E402
-from evaluate_metrics.loaders import load_vsp  # noqa: E402
-
-
-JSONL = Path(__file__).resolve().parents[1].parent / "shared" / "bench_samples" / "vsp" / "test_direct.jsonl"
 MOVES = {"U": (-1, 0), "D": (1, 0), "L": (0, -1), "R": (0, 1)}
+
+
+@pytest.fixture(scope="module")
+def jsonl(bench_samples):
+    return bench_samples / "vsp" / "test_direct.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +42,8 @@ def frozenlake():
 
 
 @pytest.fixture(scope="module")
-def rows():
-    return load_vsp(JSONL, require_images=False)
+def rows(jsonl):
+    return load_benchmark("vsp", jsonl, require_images=False)
 
 
 @pytest.fixture(scope="module")
@@ -195,23 +191,23 @@ def test_grids_without_one_start_and_one_goal_are_refused(vsp):
         evaluate.load(module_path("vsp"), "mirage")
 
 
-def test_loader_finds_images_and_names_missing_ones(tmp_path):
-    lines = JSONL.read_text().splitlines()[:2]
+def test_loader_finds_images_and_names_missing_ones(tmp_path, jsonl):
+    lines = jsonl.read_text().splitlines()[:2]
     (tmp_path / "test_direct.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(
         FileNotFoundError, match="Image of VSP level3_31 not found: tried .*imgs_test/level3/img/31.png"
     ):
-        load_vsp(tmp_path)
+        load_benchmark("vsp", tmp_path)
     # Mirage's tarball puts imgs_test/ beside the jsonl; the rows name it from the repository root.
     for line in lines:
         relative = json.loads(line)["image_input"].removeprefix("./data/vsp_spatial_planning/")
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (30, 30), "white").save(tmp_path / relative)
-    rows = load_vsp(tmp_path / "test_direct.jsonl")
+    rows = load_benchmark("vsp", tmp_path / "test_direct.jsonl")
     assert rows["id"] == ["level3_31", "level3_96"] and rows[1]["image"].size == (30, 30)
     (tmp_path / "test_direct.jsonl").write_text(lines[0] + "\n" + lines[0] + "\n")
     with pytest.raises(ValueError, match="line 2: id 'level3_31' repeats an earlier row"):
-        load_vsp(tmp_path)
+        load_benchmark("vsp", tmp_path)
     (tmp_path / "test_direct.jsonl").write_text(json.dumps({"text_input": "Plan?", "map_id": 1, "map_desc": []}))
     with pytest.raises(ValueError, match="line 1 has no 'image_input' field"):
-        load_vsp(tmp_path)
+        load_benchmark("vsp", tmp_path)

@@ -16,21 +16,14 @@ V* Bench: bench_samples has no V* rows, so these tests write rows in the two off
 `craigwu/vstar_bench` (`test_questions.jsonl`; per-category image + json, as `vstar_bench_eval.py` reads them).
 """
 
-import os
+import json
+import random
 
+import evaluate
+import pytest
+from PIL import Image
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-import json  # noqa: E402
-import random  # noqa: E402
-
-import evaluate  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from evaluate_metrics import module_path  # noqa: E402
-from evaluate_metrics.loaders import load_vstar  # noqa: E402
+from evaluate_metrics import load_benchmark, module_path
 
 
 INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -65,7 +58,7 @@ def vstar():
 @pytest.fixture
 def rows(tmp_path):
     _write_jsonl_layout(tmp_path)
-    return load_vstar(tmp_path)
+    return load_benchmark("vstar", tmp_path)
 
 
 def test_loader_reads_test_questions_jsonl(rows):
@@ -86,7 +79,7 @@ def test_loader_reads_the_per_category_folders(tmp_path):
         Image.new("RGB", (16, 16)).save(tmp_path / category / f"{stem}.jpg")
         annotation = {"target_object": ["glove"], "bbox": [[1, 2, 3, 4]], "question": question, "options": options}
         (tmp_path / category / f"{stem}.json").write_text(json.dumps(annotation))
-    rows = load_vstar(tmp_path)
+    rows = load_benchmark("vstar", tmp_path)
     assert rows["id"] == ["direct_attributes/sa_4690", "relative_position/sa_17"]
     # vstar_bench_eval.py counts option 0 as the correct one.
     assert rows["answer"] == ["A", "A"] and rows[1]["options"] == ["left", "right"]
@@ -97,16 +90,16 @@ def test_loader_reads_the_per_category_folders(tmp_path):
 
 def test_loader_names_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="No V\\* Bench under .*test_questions.jsonl"):
-        load_vstar(tmp_path)
+        load_benchmark("vstar", tmp_path)
     _write_jsonl_layout(tmp_path, with_images=False)
     with pytest.raises(
         FileNotFoundError, match="Image of V\\* question_id '0' not found: .*direct_attributes/sa_0.jpg"
     ):
-        load_vstar(tmp_path)
-    assert load_vstar(tmp_path, require_images=False)["image"] == [None] * 5
+        load_benchmark("vstar", tmp_path)
+    assert load_benchmark("vstar", tmp_path, require_images=False)["image"] == [None] * 5
     (tmp_path / "test_questions.jsonl").write_text(json.dumps({"question_id": 7, "image": "x.jpg", "text": "Q?"}))
     with pytest.raises(ValueError, match="test_questions.jsonl line 1 has no 'category', 'label' field"):
-        load_vstar(tmp_path, require_images=False)
+        load_benchmark("vstar", tmp_path, require_images=False)
 
 
 def test_scores_per_category_and_over_questions(vstar, rows):

@@ -47,7 +47,7 @@ Args:
         One row per question: `id` (`str`, the MMVP `Index`) and `prediction` (`str`, the model's raw answer).
     references (`list[dict]`):
         One row per question: `id` (`str`), `answer` (`str`, `"(a)"` or `"(b)"`), `pair_id` (`str`, the same for
-        rows 2k-1 and 2k; `evaluate_metrics.loaders.load_mmvp` sets it to `str(k)`) and `options` (`list[str]`,
+        rows 2k-1 and 2k; `evaluate_metrics/mmvp/loader.py` sets it to `str(k)`) and `options` (`list[str]`,
         the option texts in letter order, e.g. `["Open", "Closed"]`; may be empty).
 
 Rows are joined by `id`, never by position. Every pair must hold exactly two questions.
@@ -55,7 +55,10 @@ Rows are joined by `id`, never by position. Every pair must hold exactly two que
 Answer extraction (`metric_utils.extract_choice`, letters `a`, `b`, ... in either case, one per option, at least
 two), first match wins:
     1. the whole answer is one letter, bare or bracketed: "b", "(B)", "[a].";
-    2. the whole answer is one option's text: "closed" (case and punctuation ignored);
+    2. the whole answer is one option's text: "closed"; compared exactly, then ignoring case, markdown marks,
+       white space and enclosing quotes, then ignoring punctuation too, and at the first level that matches it
+       must match one option only ("Happy Easter!" against "Happy Easter" / "Happy Easter!" is the second one,
+       "happy easter." is neither);
     3. the last answer cue, "answer"/"choice" [is|:] [option] or `\\boxed{`, followed by a letter in parentheses
        or a bare letter followed by punctuation or the end ("The answer is (b).", "Answer: B"), or by one
        option's text ("The answer is closed.");

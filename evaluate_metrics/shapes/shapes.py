@@ -1,3 +1,16 @@
+# Copyright 2026 The lavit-hf Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """Accuracy on the demo's procedurally generated shapes task (`datasets_scripts.synthetic`)."""
 
 import re
@@ -5,10 +18,7 @@ import re
 import datasets
 import evaluate
 
-from .metric_utils import accuracy_by_group
-from .metric_utils import benchmark_info
-from .metric_utils import join_by_id
-from .metric_utils import mean
+from .metric_utils import accuracy_by_group, benchmark_info, join_by_id, mean
 
 
 _CITATION = """\
@@ -21,8 +31,8 @@ _CITATION = """\
 
 _DESCRIPTION = """\
 Accuracy of free-text answers on the shapes task: images of two or three coloured shapes and questions whose
-one-word answers (a colour, a shape or a count) need the image. Overall accuracy, accuracy per question type, and the number
-of answers that name no word of the answer vocabulary (counted wrong).
+one-word answers (a colour, a shape or a count) need the image. Overall accuracy, accuracy per question type, and
+the number of answers that name no word of the answer vocabulary (counted wrong).
 """
 
 _KWARGS_DESCRIPTION = """
@@ -50,8 +60,10 @@ Examples:
     {'accuracy': 0.5, 'accuracy_colour_of_shape': 1.0, 'accuracy_shape_of_colour': 0.0, 'unparsed': 1}
 """
 
-VOCABULARY = ("red", "green", "blue", "yellow", "circle", "square", "triangle", "two", "three")
-_WORD = re.compile(r"\b(" + "|".join(VOCABULARY) + r")\b")
+# Every answer of the task: its colours, its shapes and its counts. The generator (`datasets_scripts.synthetic`)
+# imports this tuple, so the words it asks about are the words this module reads.
+ANSWER_VOCABULARY = ("red", "green", "blue", "yellow", "circle", "square", "triangle", "two", "three")
+_WORD = re.compile(r"\b(" + "|".join(ANSWER_VOCABULARY) + r")\b")
 
 
 def extract_answer(text: str) -> str | None:

@@ -51,7 +51,7 @@ configuration follows the original VSP checker (`VSP-main/maze/task-main/eval.py
 _KWARGS_DESCRIPTION = """
 Args:
     predictions (`list[dict]`):
-        One row per map: `id` (`str`; `evaluate_metrics.loaders.load_vsp` uses `"level<N>_<map_id>"`, since
+        One row per map: `id` (`str`; `evaluate_metrics/vsp/loader.py` uses `"level<N>_<map_id>"`, since
         `map_id` repeats across grid sizes) and `prediction` (`str`, the model's raw answer).
     references (`list[dict]`):
         One row per map: `id` (`str`) and `map_desc` (`list[list[int]]`, the grid: 0 free, -1 hole, 1 start,
@@ -99,7 +99,8 @@ Examples:
      'unparsed': 1}
 """
 
-_MOVES = {"U": (-1, 0), "D": (1, 0), "L": (0, -1), "R": (0, 1)}
+# Row and column steps of each move letter (also the loader's breadth-first search).
+MOVES = {"U": (-1, 0), "D": (1, 0), "L": (0, -1), "R": (0, 1)}
 # gym registers FrozenLake-v1 with max_episode_steps=100; the original VSP checker inherits that limit.
 _FROZENLAKE_MAX_STEPS = 100
 
@@ -144,7 +145,7 @@ def walk(map_desc: list[list[int]], moves: str, stop_at_goal: bool = False) -> s
     for step, move in enumerate(moves):
         if stop_at_goal and step == _FROZENLAKE_MAX_STEPS:
             return "timeout"
-        new_row, new_column = row + _MOVES[move][0], column + _MOVES[move][1]
+        new_row, new_column = row + MOVES[move][0], column + MOVES[move][1]
         if not (0 <= new_row < len(map_desc) and 0 <= new_column < len(map_desc[new_row])):
             continue
         row, column = new_row, new_column
@@ -182,7 +183,7 @@ class Vsp(evaluate.Metric):
             if cells.count(1) != 1 or cells.count(2) != 1:
                 raise ValueError(f"map_desc of id {reference['id']!r} needs exactly one start (1) and one goal (2).")
             content = boxed_content(prediction["prediction"] or "") or ""
-            moves = "".join(char for char in content.upper() if char in _MOVES)
+            moves = "".join(char for char in content.upper() if char in MOVES)
             unparsed += not moves
             outcome = walk(grid, moves, stop_at_goal=self.config_name == "frozenlake")
             holes += outcome == "hole"

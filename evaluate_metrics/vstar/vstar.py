@@ -57,7 +57,10 @@ Rows are joined by `id`, never by position.
 Answer extraction (`metric_utils.extract_choice`, letters `A`, `B`, ... in either case, one per option, at least
 two), first match wins:
     1. the whole answer is one letter, bare or bracketed: "b", "(B)", "[C].";
-    2. the whole answer is one option's text: "red" (case and punctuation ignored);
+    2. the whole answer is one option's text: "red"; compared exactly, then ignoring case, markdown marks,
+       white space and enclosing quotes, then ignoring punctuation too, and at the first level that matches it
+       must match one option only ("Happy Easter!" against "Happy Easter" / "Happy Easter!" is the second one,
+       "happy easter." is neither);
     3. the last answer cue, "answer"/"choice" [is|:] [option] or `\\boxed{`, followed by a letter in parentheses or
        a bare letter followed by punctuation or the end ("The answer is (B).", "Answer: B"), or by one option's
        text ("The answer is red.");

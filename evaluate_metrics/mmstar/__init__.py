@@ -1,0 +1,1 @@
+"""The mmstar benchmark: its self-contained `evaluate` module (`mmstar.py`) and its loader."""
