@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
 import lavit_hf  # noqa: F401  (registers LaViT with the Auto classes)
+from lavit_hf.images import to_rgb
 from lavit_hf.layout import render_prompt, set_pixel_limits
 from lavit_hf.processing import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 
@@ -35,7 +36,7 @@ def _images(row: dict[str, Any]) -> list:
     image = row.get("image")
     if image is None:
         return []
-    return [img.convert("RGB") for img in (image if isinstance(image, list) else [image])]
+    return [to_rgb(img) for img in (image if isinstance(image, list) else [image])]
 
 
 def latent_prefix(model: PreTrainedModel, processor: ProcessorMixin) -> str:
