@@ -13,7 +13,6 @@ with `question_types` to make the task harder.
 """
 
 import json
-import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,6 @@ import datasets
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-
-logger = logging.getLogger(__name__)
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 40)}
 SHAPES = ("circle", "square", "triangle")
