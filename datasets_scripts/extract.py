@@ -633,16 +633,23 @@ class ShardRun:
             except RecordFormatError as error:
                 return self._fail(record, "bad box", str(error))
             self.counts.pixel_boxes += in_pixels
-        processor = self.extractor.processor
         try:
-            prompt = processor(text=[render_prompt(processor, record.question)], images=[image], return_tensors="pt")
+            prompt_length = self._prompt_length(image, record.question)
         except ValueError as error:
-            return self._fail(record, "unusable image", f"the processor refused the {image.size} image: {error}")
-        prompt_length = prompt["input_ids"].shape[1]
+            return self._fail(record, "unusable image", f"the processor refuses the {image.size} image: {error}")
         if prompt_length >= self.max_length:
             detail = f"the prompt (image and question) is {prompt_length} tokens, leaving no room for a response"
             return self._fail(record, "too long", f"{detail} within max_length {self.max_length}")
         return ValidSample(record, image, prompt_length)
+
+    def _prompt_length(self, image, question: str) -> int:
+        """The prompt's length in tokens, from the image size alone (no image preprocessing): the chat template's
+        one image placeholder becomes the image's merged tokens."""
+        processor = self.extractor.processor
+        image_processor = processor.image_processor
+        patches = image_processor.get_number_of_image_patches(image.height, image.width)
+        text_tokens = processor.tokenizer(render_prompt(processor, question), add_special_tokens=False)["input_ids"]
+        return len(text_tokens) - 1 + patches // image_processor.merge_size**2
 
     def _generate(self, samples: list[ValidSample], start: int) -> list[str | None]:
         torch.manual_seed(self.options.generation.seed + start)

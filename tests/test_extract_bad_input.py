@@ -55,6 +55,7 @@ def images(tmp_path_factory) -> Path:
     Image.fromarray(np.full((56, 56), MID_GREY_16, dtype=np.uint16)).save(root / "grey16.png")
     Image.fromarray(np.full((56, 56), 128, dtype=np.uint8)).save(root / "grey8.png")
     Image.new("L", (56, 56), 255).save(root / "white.png")
+    Image.new("RGB", (600, 2)).save(root / "sliver.png")  # an aspect ratio the processor refuses
     return root
 
 
@@ -192,7 +193,7 @@ def test_to_rgb_scales_high_bit_depth_and_composites_transparency():
 
 def test_sixteen_bit_greyscale_is_extracted_as_grey(images, tiny_teacher_dir, tmp_path):
     source = write_source(tmp_path / "src.jsonl", [plain("grey16", "grey16.png"), plain("grey8", "grey8.png"),
-                                                   plain("white", "white.png")])
+                                                   plain("white", "white.png"), plain("sliver", "sliver.png")])
     (record,) = read_source(source, image_root=images, limit=1)
     assert np.asarray(load_image(record)).mean() == 128
     out = extract(source, images, tiny_teacher_dir, tmp_path / "out")
@@ -201,6 +202,9 @@ def test_sixteen_bit_greyscale_is_extracted_as_grey(images, tiny_teacher_dir, tm
     # The teacher saw the 16-bit image as the same grey as the 8-bit one, not as white.
     assert vtop["grey16"] == vtop["grey8"] != vtop["white"]
     assert rows[0][schema.IMAGE]["bytes"] == (images / "grey16.png").read_bytes()  # stored as it was
+    (entry,) = failures(out).values()
+    assert (entry["question_id"], entry["reason"]) == ("sliver", "unusable image")
+    assert "the processor refuses the (600, 2) image" in entry["detail"] and "aspect ratio" in entry["detail"]
 
 
 # One malformed record never costs the others
