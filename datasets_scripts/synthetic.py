@@ -14,7 +14,6 @@ image, which a tiny model does not learn in minutes on a CPU.
 """
 
 import json
-import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,6 @@ from tqdm.auto import tqdm
 
 from evaluate_metrics.shapes.shapes import ANSWER_VOCABULARY
 
-
-logger = logging.getLogger(__name__)
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 40)}
 SHAPES = ("circle", "square", "triangle")

@@ -43,6 +43,7 @@ from transformers import (
 )
 
 import lavit_hf  # noqa: F401  (registers LaViT with the Auto classes)
+from lavit_hf.images import to_rgb
 from lavit_hf.jsonl import JsonlAppender, read_jsonl
 from lavit_hf.layout import pixel_limits, render_prompt, set_pixel_limits
 
@@ -113,7 +114,7 @@ def _images(row: dict[str, Any]) -> list:
     image = row.get("image")
     if image is None:
         return []
-    return [img.convert("RGB") for img in (image if isinstance(image, list) else [image])]
+    return [to_rgb(img) for img in (image if isinstance(image, list) else [image])]
 
 
 def _trained_latent_prefix(model: PreTrainedModel, processor: ProcessorMixin) -> str:

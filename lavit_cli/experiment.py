@@ -206,6 +206,7 @@ def score_diagnostics(
 def latent_states(model, processor, rows: Sequence[dict[str, Any]], device: str, batch_size: int = 32) -> torch.Tensor:
     """The final hidden state of the last latent token for each row's prompt with the latent tokens forced: what the
     answer can read from the latent tokens. `(rows, hidden)`."""
+    from lavit_hf.images import to_rgb
     from lavit_hf.layout import latent_prefix, render_prompt
 
     prefix = latent_prefix(model.config.num_latent_tokens)
@@ -215,7 +216,7 @@ def latent_states(model, processor, rows: Sequence[dict[str, Any]], device: str,
         chunk = rows[start : start + batch_size]
         inputs = processor(
             text=[render_prompt(processor, row["question"]) + prefix for row in chunk],
-            images=[row["image"].convert("RGB") for row in chunk],
+            images=[to_rgb(row["image"]) for row in chunk],
             return_tensors="pt",
             padding=True,
         ).to(device)

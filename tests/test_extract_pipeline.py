@@ -2,7 +2,6 @@
 and help."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import torch
 from PIL import Image
 
 from datasets_scripts.extract import ExtractionFailure, main, make_parser
-from datasets_scripts.writer import ABORT_ENV
+from datasets_scripts.writer import CHUNKS_DIR
 from lavit_hf import schema
 from lavit_hf.arguments import parse_with_config
 
@@ -116,17 +115,32 @@ def test_strict_stops_at_first_bad_record(workspace, tiny_teacher_dir, tmp_path)
         run(workspace, tiny_teacher_dir, tmp_path / "strict", "--strict")
 
 
+# SIGKILL the process right after its first chunk lands (a crash at the worst moment: samples in flight, no cleanup).
+KILL_AFTER_FIRST_CHUNK = """
+import os, signal, sys
+from datasets_scripts.writer import ShardWriter
+from lavit_cli.cli import main
+
+flush = ShardWriter.flush
+def flush_then_die(self):
+    flush(self)
+    if self.chunks_written:
+        os.kill(os.getpid(), signal.SIGKILL)
+ShardWriter.flush = flush_then_die
+main(sys.argv[1:])
+"""
+
+
 def test_resume_after_kill_equals_uninterrupted(workspace, tiny_teacher_dir, reference, tmp_path):
     out = tmp_path / "killed"
-    argv = ["-c", "from lavit_cli.cli import main; import sys; main(sys.argv[1:])", "extract",
+    argv = ["-c", KILL_AFTER_FIRST_CHUNK, "extract",
             "--source", str(workspace / "viscot.json"), "--image-root", str(workspace / "images"),
             "--teacher", str(tiny_teacher_dir), "--output-dir", str(out), "--max-new-tokens", "6",
             "--generation-batch-size", "2", "--chunk-size", "2", "--methods", "attention", "gradient",
             "--split-steps", "sentence", "--token-features"]
-    env = {**os.environ, ABORT_ENV: "1"}
-    killed = subprocess.run([sys.executable, *argv], env=env, cwd=REPO_ROOT, capture_output=True, text=True)
+    killed = subprocess.run([sys.executable, *argv], cwd=REPO_ROOT, capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    chunks = list((out / "chunks").glob("*/chunk-*.parquet"))
+    chunks = list((out / CHUNKS_DIR).glob("*/chunk-*.parquet"))
     assert len(chunks) == 1 and not (out / "data").exists()
     run(workspace, tiny_teacher_dir, out)
     assert rows(out) == rows(reference)

@@ -1,6 +1,7 @@
 """Source readers (METHOD.md section 5) and the box filter's padded-square geometry."""
 
 import json
+import re
 
 import datasets
 import pytest
@@ -77,7 +78,11 @@ def test_malformed_record_names_the_record(tmp_path, record, message):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(viscot4("ok")) + "\n" + json.dumps(record))
     with pytest.raises(RecordFormatError, match=message):
-        read_source(path)
+        read_source(path, strict=True)
+    # By default the record is kept, with its index and the same message, for the extractor to count as a failure.
+    ok, bad = read_source(path)
+    assert ok.error is None and ok.question == "Is the cup red?"
+    assert bad.index == 1 and re.search(message, bad.error)
 
 
 def test_repeated_question_ids_get_unique_keys(tmp_path):

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 from datasets_scripts.extract import main as extract_main
 from datasets_scripts.extract import make_parser as extract_parser
-from datasets_scripts.writer import shard_dir_name
+from datasets_scripts.writer import CHUNKS_DIR, shard_dir_name, shard_folder
 from lavit_hf import schema
 from lavit_hf.arguments import parse_with_config
 from lavit_hf.testing_utils import synthetic_lavit_dataset
@@ -105,9 +105,9 @@ def test_extract_two_processes_equal_one(source, tiny_teacher_dir, tmp_path):
     log = accelerate_launch("datasets_scripts.extract", [*flags, "--output-dir", str(out)], tmp_path)
 
     # Two shards, one per process, each with its half of the source; merged once, by the main process.
-    assert sorted(p.name for p in (out / "chunks").iterdir()) == [shard_dir_name(0, 2), shard_dir_name(1, 2)]
+    assert sorted(p.name for p in (out / CHUNKS_DIR).iterdir()) == [shard_dir_name(0, 2), shard_dir_name(1, 2)]
     for index in (0, 1):
-        info = json.loads((out / "chunks" / shard_dir_name(index, 2) / "run.json").read_text())
+        info = json.loads((shard_folder(out, index, 2) / "run.json").read_text())
         assert (info["num_shards"], info["shard_index"], info["shard_records"]) == (2, index, 3)
         assert f"Shard {index}/2: written 3," in log
     assert log.count("Dataset written to") == 1
@@ -115,7 +115,7 @@ def test_extract_two_processes_equal_one(source, tiny_teacher_dir, tmp_path):
     reference = tmp_path / "one"
     with one_thread():
         extract_main(parse_with_config(extract_parser(), [*flags, "--output-dir", str(reference)]))
-    assert not (reference / "chunks" / shard_dir_name(0, 2)).exists()
+    assert not shard_folder(reference, 0, 2).exists()
     two, one = dataset_rows(out), dataset_rows(reference)
     assert [row[schema.ID] for row in two] == [f"source/q{i}" for i in range(6)]
     assert two == one  # same rows, same order, same values

@@ -13,6 +13,7 @@ from transformers.processing_utils import ProcessorMixin
 
 from lavit_hf import schema
 from lavit_hf.grids import resample_grid, resample_trajectory
+from lavit_hf.images import to_rgb
 from lavit_hf.layout import check_text, latent_token_strings, merged_grids, reserved_tokens, training_messages
 
 
@@ -174,7 +175,7 @@ class DataCollatorForLaViT(DataCollatorMixin):
                 check_text(example[field], self.processor.tokenizer, row, field, self.reserved)
             messages = training_messages(example[schema.QUESTION], example[schema.ANSWER], self.num_latent_tokens)
             texts.append(self.processor.apply_chat_template(messages, tokenize=False))
-            images.append(example[schema.IMAGE].convert("RGB"))
+            images.append(to_rgb(example[schema.IMAGE]))
         kwargs = {}
         if self.min_pixels is not None or self.max_pixels is not None:
             size = dict(self.processor.image_processor.size)
