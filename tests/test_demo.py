@@ -9,7 +9,7 @@ from transformers import AutoModelForImageTextToText
 
 from lavit_cli import demo
 from lavit_hf import LaViTForConditionalGeneration
-from lavit_hf.schema import TRAJECTORY_ATTENTION, VTOP
+from lavit_hf.schema import TRAJECTORY_GRADIENT, VTOP
 
 
 ARGS = [
@@ -27,20 +27,26 @@ def demo_run(tmp_path_factory):
 
 
 def test_every_artifact_exists_and_loads(demo_run):
-    out, scores = demo_run
-    assert set(scores) == {"LaViT student", "CE-only student", "teacher"}
-    assert all(0.0 <= result["accuracy"] <= 1.0 and "unparsed" in result for result in scores.values())
+    out, results = demo_run
+    assert set(results["students"]) == {"ce_only", "lavit_two_stage"}
+    ids = results["test_ids"]
+    for runs in results["students"].values():
+        assert set(runs) == {0, 1}
+        for run in runs.values():
+            # Every held-out item scored under every diagnostic, and the probe's accuracy in [0, 1].
+            assert all(set(run["items"][diagnostic]) == set(ids) for diagnostic in ("normal", "force", "mask"))
+            assert 0.0 <= run["probe_accuracy"] <= 1.0
     report = (out / "report.md").read_text()
-    assert "| LaViT student |" in report and "## What the numbers show" in report
-    assert "inside the answer's box" in report
-    for figure in ("loss_curves.png", "trajectories.png"):
+    assert "| lavit_two_stage |" in report and "## What the numbers show" in report
+    assert "lavit_two_stage against ce_only" in report and "relies on its latent tokens" in report
+    for figure in ("accuracy.png", "loss_curves.png"):
         assert Image.open(out / figure).size[0] > 200
     dataset = load_dataset(str(out / "dataset" / "train"), split="train")
-    assert len(dataset) == 16 and abs(sum(dataset[0][TRAJECTORY_ATTENTION]) - 1) < 1e-4 and len(dataset[0][VTOP]) == 128
-    student = AutoModelForImageTextToText.from_pretrained(out / "students" / "lavit" / "stage2")
+    assert len(dataset) == 12 and abs(sum(dataset[0][TRAJECTORY_GRADIENT]) - 1) < 1e-4 and len(dataset[0][VTOP]) == 128
+    student = AutoModelForImageTextToText.from_pretrained(out / "students" / "lavit_two_stage" / "seed1" / "stage2")
     assert type(student) is LaViTForConditionalGeneration and student.config.latent_token_ids
-    for name in ("lavit", "ce-only", "teacher"):
-        assert len((out / "eval" / f"{name}.jsonl").read_text().splitlines()) == 6
+    assert len((out / "eval" / "teacher.jsonl").read_text().splitlines()) == 6
+    assert json.loads((out / "results.json").read_text())["test_ids"] == ids
 
 
 def test_a_rerun_resumes_from_the_artifacts(demo_run, monkeypatch):
@@ -53,9 +59,10 @@ def test_a_rerun_resumes_from_the_artifacts(demo_run, monkeypatch):
     def fail(what):
         return lambda *args, **kwargs: pytest.fail(f"{what} ran again")
 
-    monkeypatch.setattr(demo, "train_teacher", fail("teacher fine-tuning"))
+    monkeypatch.setattr(demo, "fine_tune", fail("teacher fine-tuning or student pre-training"))
     monkeypatch.setattr(trainer.train, "main", fail("student training"))
     monkeypatch.setattr(datasets_scripts.teacher.TeacherExtractor, "extract", fail("teacher extraction"))
     monkeypatch.setattr(evaluate_metrics.runner.EvalRunner, "generate", fail("generation"))
     again = demo.main(demo.make_parser().parse_args(["--out", str(out), *ARGS]))
-    assert json.dumps(again, sort_keys=True) == json.dumps(scores, sort_keys=True)
+    assert again.pop("seconds") < scores["seconds"]
+    assert json.dumps(again, sort_keys=True) == json.dumps({k: v for k, v in scores.items() if k != "seconds"}, sort_keys=True)
