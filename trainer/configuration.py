@@ -31,7 +31,7 @@ class LaViTTrainingArguments(TrainingArguments):
 
     Parameters that control the model:
         `model_name_or_path`, `num_latent_tokens`, `model_dtype`, `attn_implementation`, `freeze_vision`,
-        `freeze_llm`.
+        `freeze_llm`, `license`.
 
     Parameters that control LoRA / QLoRA (the names of TRL's `ModelConfig`; needs the `peft` extra, QLoRA the `qlora`
     extra and a CUDA device):
@@ -142,6 +142,14 @@ class LaViTTrainingArguments(TrainingArguments):
     )
     use_bnb_nested_quant: bool = field(
         default=False, metadata={"help": "Quantise the 4-bit quantisation constants too (double quantisation)."}
+    )
+
+    license: str | None = field(
+        default=None,
+        metadata={
+            "help": "License of the trained model, for its card (a Hub license id); unset: the base model's license "
+            "when its card on disk has one, else `other`."
+        },
     )
 
     # Parameters that control the data

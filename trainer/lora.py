@@ -45,7 +45,7 @@ HEAD_MODULES = ("vtop_head", "trajectory_query")
 DEFAULT_TARGET_MODULES = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 # Kept out of quantisation: the heads and the LM head train (in part) and a quantised matrix cannot; the frozen
 # vision tower produces the image features the teacher targets are compared on, so it keeps its precision.
-NOT_QUANTISED = ["lm_head", *HEAD_MODULES, "visual"]
+NOT_QUANTISED = ["lm_head", *HEAD_MODULES, "model.visual"]
 
 
 def require_peft():
