@@ -5,6 +5,8 @@
                                                                            # bf16 weights, Kahan-compensated AdamW
     python bench/train_step.py --shape 3b --device cuda --batch_size 4 --mixed_batches 12
                                                                            # mixed image sizes, grouped or not
+    python bench/train_step.py --shape 3b --device cuda --batch_size 1 4 --dtype bfloat16 --peft qlora --stages 1 2
+                                                                           # QLoRA (LoRA on a 4-bit base)
     python bench/train_step.py --shape tiny --device cpu                   # smoke run, well under a minute
     python bench/train_step.py --shape 3b --device cuda --profile          # where one step's time goes
 
@@ -104,6 +106,7 @@ def build_model(
     vision_attention: str,
     compile_blocks: str = "none",
     text_attention: str = "sdpa",
+    peft: str = "none",
 ):
     """A random Qwen2.5-VL (`kind="plain"`, or `"stock"`) or LaViT student of `shape`, vision tower frozen;
     `vision_attention` "packed" (one sdpa call per layer, as `LaViTTrainer` sets) or "loop" (Qwen's one call per
@@ -113,7 +116,10 @@ def build_model(
     embedding included, to make its output require grad: stock Qwen2.5-VL then records autograd through the whole
     frozen tower, recomputes it and backpropagates through it for nothing. `LaViTModel.get_image_features` runs a
     frozen tower without autograd; `"plain"` gets the same (a wrapper here) so that the ratios measure LaViT's own
-    cost, `"stock"` is transformers as is (with the per-window loop whatever `vision_attention` says)."""
+    cost, `"stock"` is transformers as is (with the per-window loop whatever `vision_attention` says).
+
+    `peft` "lora" or "qlora" (LaViT only): the student goes through `lavit train`'s own path, saved and loaded back
+    by `trainer.train.load_student` (QLoRA: 4-bit NF4 base via bitsandbytes) and wrapped by `trainer.lora`."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     from lavit_hf import LaViTConfig, LaViTForConditionalGeneration, add_latent_tokens
@@ -146,6 +152,8 @@ def build_model(
                 return get_image_features(*args, **kwargs)
 
         model.model.get_image_features = frozen_image_features  # an instance attribute shadows the method
+    if peft != "none" and kind == "lavit":
+        model = lora_student(model, processor, shape, device, dtype, quantised=peft == "qlora")
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if compile_blocks != "none":  # what `LaViTTrainer` does under `torch_compile=True`
@@ -153,6 +161,32 @@ def build_model(
 
         compile_repeated_blocks(model, vision=compile_blocks == "all")
     return model.train()
+
+
+def lora_student(model, processor, shape: str, device: str, dtype: torch.dtype, quantised: bool):
+    """`model` as `lavit train --use_peft [--load_in_4bit]` trains it: saved, loaded back by `load_student` (4-bit
+    NF4 base with `quantised`) and wrapped in a LoRA adapter with the heads and latent rows trainable."""
+    import tempfile
+
+    from lavit_hf.attention import use_packed_vision_attention
+    from trainer import LaViTTrainingArguments
+    from trainer.lora import wrap_with_lora
+    from trainer.train import load_student
+
+    folder = tempfile.mkdtemp(prefix="lavit-bench-")
+    model.processor = processor
+    model.save_pretrained(folder)
+    del model
+    args = LaViTTrainingArguments(
+        output_dir=folder, use_peft=True, load_in_4bit=quantised, report_to="none", use_cpu=not device.startswith("cuda"),
+        model_dtype="bfloat16" if dtype == torch.bfloat16 else "float32",
+    )  # fmt: skip
+    student, _ = load_student(folder, SHAPES[shape][2], args)
+    if not quantised:
+        student = student.to(device)
+    student.config.use_cache = False
+    use_packed_vision_attention(student)
+    return wrap_with_lora(student, args).train()
 
 
 def _collate(collator, sizes: list[tuple[int, int]], answer_words: int, teacher_hidden: int, seed: int) -> dict:
@@ -282,6 +316,7 @@ def measure(kind: str, stages: list[int], batches: dict, args, processor, dtype)
         args.vision_attention,
         compile_blocks=args.compile if kind != "stock" else "none",
         text_attention=args.text_attention,
+        peft=args.peft,
     )
     num_params = sum(p.numel() for p in model.parameters())
     results = []
@@ -300,6 +335,7 @@ def measure(kind: str, stages: list[int], batches: dict, args, processor, dtype)
                 model, case_batches, args.device, autocast, args.warmup, args.steps, args.grad_accum
             )
             name = {"plain": "qwen2.5-vl", "stock": "qwen2.5-vl (stock)"}.get(kind, f"lavit stage {stage}")
+            name += f" ({args.peft})" if kind == "lavit" and args.peft != "none" else ""
             results.append(Result(case, name, seconds, tokens, peak, 6.0 * num_params * tokens))
             logger.info("%s %s: %.3f s", case, name, seconds)
     del model
@@ -492,6 +528,9 @@ def make_parser() -> argparse.ArgumentParser:
                         help="torch.compile each decoder layer (language) and each vision block too (all) of both "
                         "models in place, as LaViTTrainer does under torch_compile=True (default: all on CUDA, as "
                         "`lavit train` there; none on the CPU)")
+    parser.add_argument("--peft", choices=["none", "lora", "qlora"], default="none",
+                        help="train the LaViT student as a LoRA adapter (qlora: on a 4-bit base), through lavit train's "
+                        "loading path; the plain row stays a full fine-tuning step")
     parser.add_argument("--mixed_batches", type=int, default=0,
                         help="also time this many batches of mixed image sizes, in random and in length-grouped order")
     parser.add_argument("--grad_accum", type=int, default=1,
@@ -538,7 +577,7 @@ def main(argv: list[str] | None = None) -> None:
             f"\nshape={args.shape} device={args.device} batch_size={batch_size} dtype={args.dtype} "
             f"checkpointing={not args.no_checkpointing} vision_attention={args.vision_attention} "
             f"grad_accum={args.grad_accum} compile={args.compile} text_attention={args.text_attention} "
-            f"mixed_batches={args.mixed_batches}; FLOPs/step = 6 * N_params(all) * tokens"
+            f"mixed_batches={args.mixed_batches} peft={args.peft}; FLOPs/step = 6 * N_params(all) * tokens"
         )
         print(format_table(results, peak_tflops, args.device, uniform_case=f"{width}x{height}"))
 
