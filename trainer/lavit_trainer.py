@@ -14,6 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainingArguments
@@ -163,8 +164,8 @@ class LaViTTrainer(Trainer):
     ) -> tuple[Any, list[int] | None]:
         """`dataset` without the samples longer than `self.max_length` tokens (counted and logged with their ids, or
         an error naming the first with `long_samples="error"`), and the token length of each sample kept."""
-        if not hasattr(dataset, "column_names"):
-            return dataset, None  # not a `datasets.Dataset`: the collator still refuses an over-long batch
+        if not isinstance(dataset, datasets.Dataset):
+            return dataset, None  # streamed or custom data: the collator still refuses an over-long sample
         lengths = collator.sample_lengths(dataset)
         too_long = [index for index, length in enumerate(lengths) if length > self.max_length]
         if not too_long:

@@ -167,6 +167,10 @@ def load_lora_checkpoint(folder: str | os.PathLike, is_trainable: bool = False, 
 
     adapter = PeftConfig.from_pretrained(str(folder))
     base = LaViTForConditionalGeneration.from_pretrained(adapter.base_model_name_or_path, **from_pretrained_kwargs)
+    if is_trainable and getattr(base, "is_quantized", False):
+        from peft import prepare_model_for_kbit_training
+
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)  # as `wrap_with_lora` does
     return PeftModel.from_pretrained(base, str(folder), is_trainable=is_trainable)
 
 
