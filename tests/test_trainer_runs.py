@@ -4,6 +4,7 @@ and data whose `vtop` width is not fixed by its features."""
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import datasets
@@ -106,7 +107,8 @@ def test_finished_stages_are_never_trained_again(tmp_path, dataset_dir, student_
     step count and weights); rerunning the finished run trains nothing and says so."""
     out = tmp_path / "out"
     flags = ("--stage_schedule", "two_stage", "--stage1_steps", "2", "--stage2_steps", "2",
-             "--stage1_learning_rate", "1e-3", "--stage2_learning_rate", "1e-3")  # fmt: skip
+             "--stage1_learning_rate", "1e-3", "--stage2_learning_rate", "1e-3", "--save_strategy", "steps",
+             "--save_steps", "1")  # fmt: skip
     _train(tmp_path, dataset_dir, student_dir, out, *flags)
     stage1, stage2 = _digest(out / "stage1"), _digest(out / "stage2")
     assert _state(out / "stage1")["global_step"] == 2 and _state(out / "stage2")["global_step"] == 2
@@ -118,9 +120,12 @@ def test_finished_stages_are_never_trained_again(tmp_path, dataset_dir, student_
     assert "nothing to train" in caplog.text
     assert (out / "stage2" / "model.safetensors").stat().st_mtime_ns == mtime
 
-    # Killed in stage 2 before its first checkpoint: its folder holds no finished model yet.
+    # Killed in stage 2 before its first checkpoint: its folder holds no finished model and no checkpoint yet (while
+    # stage 1's checkpoints are there to be picked by mistake).
     for name in ("trainer_state.json", "model.safetensors", "README.md"):
         (out / "stage2" / name).unlink()
+    for checkpoint in (out / "stage2").glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="trainer.train"):
         _train(tmp_path, dataset_dir, student_dir, out, *flags, "--resume_from_checkpoint", "true")

@@ -1,7 +1,10 @@
 """`LaViTTrainer`: a `transformers.Trainer` for LaViT students (arXiv 2601.10129), laid out like TRL's trainers.
 
 Why `Trainer` and not TRL's `SFTTrainer`: `SFTTrainer` patches the model's forward with a fused LM head that calls the
-base model directly, bypassing our forward, the stage-1 mask and the two heads (HF_NOTES.md, Trainer).
+base model directly, bypassing our forward, the stage-1 mask and the two heads (HF_NOTES.md, Trainer). TRL is not a
+dependency at all: the LoRA flags keep the names of TRL's `ModelConfig`, but its helpers would put neither the heads
+in `modules_to_save` nor the latent rows in `trainable_token_indices`, nor keep the heads out of quantisation, so
+`trainer.lora` builds the PEFT and bitsandbytes configs.
 """
 
 import inspect

@@ -17,7 +17,9 @@ lavit train --config train.yaml --stage2_learning_rate 1e-6
 
 Outputs: a `single`, `stage1` or `stage2` run writes its checkpoints (`checkpoint-N/`) and final model to
 `output_dir`; a `two_stage` run writes stage 1 to `output_dir/stage1` and stage 2, the final model, to
-`output_dir/stage2`. Every checkpoint and final model holds the weights, config, processor, modeling code and card.
+`output_dir/stage2`. Every checkpoint and final model holds the weights, config, processor, modeling code and card;
+with `--use_peft` the adapter instead (see `trainer/lora.py`: base, loading, merge). A rerun never trains a finished
+stage again; `--resume_from_checkpoint true` resumes the newest complete checkpoint of the stage that runs.
 Multi-GPU runs: `accelerate launch --config_file trainer/accelerate_configs/<ddp|fsdp2|deepspeed_zero2|...>.yaml
 -m trainer.train ...` (see `trainer/accelerate_configs/README.md`).
 """
