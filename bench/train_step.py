@@ -178,8 +178,8 @@ def lora_student(model, processor, shape: str, device: str, dtype: torch.dtype, 
     model.save_pretrained(folder)
     del model
     args = LaViTTrainingArguments(
-        output_dir=folder, use_peft=True, load_in_4bit=quantised, report_to="none", use_cpu=not device.startswith("cuda"),
-        model_dtype="bfloat16" if dtype == torch.bfloat16 else "float32",
+        output_dir=folder, use_peft=True, load_in_4bit=quantised, report_to="none",
+        use_cpu=not device.startswith("cuda"), model_dtype="bfloat16" if dtype == torch.bfloat16 else "float32",
     )  # fmt: skip
     student, _ = load_student(folder, SHAPES[shape][2], args)
     if not quantised:
@@ -220,8 +220,9 @@ def mixed_orders(shape: str, collator, batch_size: int, num_batches: int, seed: 
     lengths = collator.sample_lengths(meta)
     grouped = list(LengthGroupedSampler(batch_size, lengths=lengths, generator=torch.Generator().manual_seed(seed)))
     shuffled = rng.sample(range(len(sizes)), len(sizes))
+    starts = range(0, num_batches * batch_size, batch_size)
     return {
-        name: [[sizes[i] for i in order[start : start + batch_size]] for start in range(0, num_batches * batch_size, batch_size)]
+        name: [[sizes[i] for i in order[start : start + batch_size]] for start in starts]
         for name, order in (("mixed random", shuffled), ("mixed grouped", grouped))
     }
 
@@ -520,7 +521,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 3 on CUDA, 1 on CPU)")
     parser.add_argument("--no_checkpointing", action="store_true", help="disable activation checkpointing")
     parser.add_argument("--vision_attention", choices=["packed", "loop"], default="packed",
-                        help="vision tower attention: one sdpa call per layer (as LaViTTrainer sets) or one per window")
+                        help="vision tower attention: one sdpa call per layer (as LaViTTrainer sets) or one per "
+                        "window")
     parser.add_argument("--text_attention", choices=["sdpa", "flex"], default="sdpa",
                         help="LaViT's language-model attention: sdpa, or flex attention (the stage-1 rule as a block "
                         "mask); the plain model stays on sdpa")
@@ -529,8 +531,8 @@ def make_parser() -> argparse.ArgumentParser:
                         "models in place, as LaViTTrainer does under torch_compile=True (default: all on CUDA, as "
                         "`lavit train` there; none on the CPU)")
     parser.add_argument("--peft", choices=["none", "lora", "qlora"], default="none",
-                        help="train the LaViT student as a LoRA adapter (qlora: on a 4-bit base), through lavit train's "
-                        "loading path; the plain row stays a full fine-tuning step")
+                        help="train the LaViT student as a LoRA adapter (qlora: on a 4-bit base), through lavit "
+                        "train's loading path; the plain row stays a full fine-tuning step")
     parser.add_argument("--mixed_batches", type=int, default=0,
                         help="also time this many batches of mixed image sizes, in random and in length-grouped order")
     parser.add_argument("--grad_accum", type=int, default=1,

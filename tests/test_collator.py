@@ -170,5 +170,6 @@ def test_a_sample_over_max_length_is_refused_naming_the_row(tiny_lavit_pair):
     rows = _rows()
     lengths = DataCollatorForLaViT(tiny_lavit_pair[1])(rows)["attention_mask"].sum(dim=1).tolist()
     collator = DataCollatorForLaViT(tiny_lavit_pair[1], teacher_hidden_size=D, max_length=lengths[1] - 1)
-    with pytest.raises(ValueError, match=f"row 'synthetic-1': {lengths[1]} tokens, more than max_length={lengths[1] - 1}"):
+    message = f"row 'synthetic-1': {lengths[1]} tokens, more than max_length={lengths[1] - 1}"
+    with pytest.raises(ValueError, match=message):
         collator(rows)

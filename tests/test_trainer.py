@@ -46,7 +46,8 @@ def _args(output_dir, **overrides) -> LaViTTrainingArguments:
     )
     values.update(overrides)
     # Staged schedules read each stage's own steps, learning rate and warm-up.
-    stages = {"single": (), "stage1": (1,), "stage2": (2,), "two_stage": (1, 2)}[values.get("stage_schedule", "single")]
+    schedule = values.get("stage_schedule", "single")
+    stages = {"single": (), "stage1": (1,), "stage2": (2,), "two_stage": (1, 2)}[schedule]
     plain = {name: values.pop(name) for name in PLAIN_SCHEDULE_FIELDS} if stages else {}
     for stage in stages:
         values.update(zip(STAGE_SCHEDULE_FIELDS[stage], plain.values(), strict=True))
@@ -186,7 +187,7 @@ def test_torch_compile_compiles_each_block_in_place(tiny_lavit_pair, dataset, tm
         assert all((block._compiled_call_impl is not None) == compiled for block in blocks)
         assert trainer.model is model and list(model.state_dict()) == keys
         runs[compiled] = [_logged(trainer, key) for key in ("loss", *LOSSES)], model.state_dict()
-    for eager, compiled in zip(runs[False][0], runs[True][0]):
+    for eager, compiled in zip(runs[False][0], runs[True][0], strict=True):
         assert compiled == pytest.approx(eager, rel=1e-4)
     for name, value in runs[False][1].items():
         torch.testing.assert_close(runs[True][1][name], value, rtol=1e-4, atol=1e-5, msg=name)

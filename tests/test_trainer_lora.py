@@ -65,7 +65,9 @@ def test_exactly_the_adapter_heads_and_latent_rows_train(trained):
     assert is_peft_model(trainer.model)
     trainable = {name: p.numel() for name, p in trainer.model.named_parameters() if p.requires_grad}
     assert sum(trainable.values()) == 2 * LORA_PER_LAYER + HEADS + LATENT_ROWS == 20_144
-    kinds = {("lora_" in name) + 2 * ("modules_to_save" in name) + 4 * ("trainable_tokens" in name) for name in trainable}
+    kinds = {
+        ("lora_" in name) + 2 * ("modules_to_save" in name) + 4 * ("trainable_tokens" in name) for name in trainable
+    }
     assert kinds == {1, 2, 4}  # nothing of the base itself
     assert not any("visual" in name for name in trainable)
 
@@ -104,7 +106,9 @@ def test_adapter_checkpoint_reloads_to_equal_logits_and_merges(trained, dataset,
     # A full LaViT checkpoint, loaded where lavit_hf is not importable (remote code), gives the same logits.
     torch.save({key: value for key, value in batch.items()}, tmp_path / "batch.pt")
     torch.save(expected, tmp_path / "expected.pt")
-    result = _fresh_process(tmp_path, MERGED_LOAD, str(merged), str(tmp_path / "batch.pt"), str(tmp_path / "expected.pt"))
+    result = _fresh_process(
+        tmp_path, MERGED_LOAD, str(merged), str(tmp_path / "batch.pt"), str(tmp_path / "expected.pt")
+    )
     assert result["class"] == "LaViTForConditionalGeneration" and result["module"].startswith("transformers_modules")
     assert result["max_difference"] < 1e-4 and result["stage"] == 0 and "model.safetensors" in result["files"]
 
@@ -157,9 +161,10 @@ def test_both_stages_under_lora_from_a_qwen_checkpoint(tmp_path, tiny_teacher_di
     )
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump({
-        "dataset_name_or_path": str(data), "model_name_or_path": str(tiny_teacher_dir), "output_dir": str(tmp_path / "out"),
-        "stage_schedule": "two_stage", "stage1_steps": 1, "stage2_steps": 1, "stage1_learning_rate": 1e-2,
-        "stage2_learning_rate": 1e-2, "stage1_warmup_ratio": 0.0, "stage2_warmup_ratio": 0.0, "use_peft": True, "lora_r": RANK, "min_pixels": 3136, "max_pixels": 3136,
+        "dataset_name_or_path": str(data), "model_name_or_path": str(tiny_teacher_dir),
+        "output_dir": str(tmp_path / "out"), "stage_schedule": "two_stage", "stage1_steps": 1, "stage2_steps": 1,
+        "stage1_learning_rate": 1e-2, "stage2_learning_rate": 1e-2, "stage1_warmup_ratio": 0.0,
+        "stage2_warmup_ratio": 0.0, "use_peft": True, "lora_r": RANK, "min_pixels": 3136, "max_pixels": 3136,
         "activation_checkpointing": False, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1,
         "logging_steps": 1, "report_to": "none", "disable_tqdm": True, "use_cpu": True, "save_strategy": "no",
     }))
@@ -212,12 +217,14 @@ def test_qlora_wiring_on_cpu(tiny_lavit_pair, dataset, tmp_path):
     args = _args(tmp_path / "run", load_in_4bit=True, max_steps=1)
     model, processor = load_student(student, D, args)
     assert isinstance(model.model.language_model.layers[0].mlp.up_proj, Linear4bit)
-    for module in (model.vtop_head[0], model.trajectory_query, model.lm_head, model.model.visual.blocks[0].mlp.up_proj):
+    kept = (model.vtop_head[0], model.trajectory_query, model.lm_head, model.model.visual.blocks[0].mlp.up_proj)
+    for module in kept:
         assert not isinstance(module, Linear4bit)
     quantised = model.model.language_model.layers[0].mlp.up_proj.weight.detach().clone()
     trainer = LaViTTrainer(model, args, train_dataset=dataset, processing_class=processor)
     trainer.train()
-    assert sum(p.numel() for p in trainer.model.parameters() if p.requires_grad) == 2 * LORA_PER_LAYER + HEADS + LATENT_ROWS
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    assert trainable == 2 * LORA_PER_LAYER + HEADS + LATENT_ROWS
     assert torch.equal(trainer.model.get_base_model().model.language_model.layers[0].mlp.up_proj.weight, quantised)
     trainer.save_model()
     assert (tmp_path / "run" / "adapter_model.safetensors").is_file()

@@ -73,7 +73,8 @@ def test_each_schedule_uses_its_own_steps_and_learning_rate(tmp_path, dataset_di
         "stage2": ("--stage2_steps", "1", "--stage2_learning_rate", "4e-4", "--stage2_warmup_ratio", "0"),
     }
     for schedule, flags in runs.items():
-        _train(tmp_path, dataset_dir, student_dir, tmp_path / schedule, "--stage_schedule", schedule, *flags, *constant)
+        out = tmp_path / schedule
+        _train(tmp_path, dataset_dir, student_dir, out, "--stage_schedule", schedule, *flags, *constant)
     assert _state(tmp_path / "single")["global_step"] == 2 and _learning_rates(tmp_path / "single") == [1e-3] * 2
     assert _state(tmp_path / "stage1")["global_step"] == 3 and _learning_rates(tmp_path / "stage1") == [2e-3] * 3
     assert _state(tmp_path / "stage2")["global_step"] == 1 and _learning_rates(tmp_path / "stage2") == [4e-4]
@@ -194,7 +195,9 @@ def test_bf16_weights_get_a_compensated_optimizer_or_a_refusal(tiny_lavit, tmp_p
     args = LaViTTrainingArguments(output_dir=str(tmp_path), model_dtype="bfloat16", use_cpu=True)
     cls, kwargs = LaViTTrainer.get_optimizer_cls_and_kwargs(args, model)
     assert cls is AdamW and kwargs["kahan_sum"] is True and kwargs["lr"] == args.learning_rate
-    stable = LaViTTrainingArguments(output_dir=str(tmp_path), model_dtype="bfloat16", use_cpu=True, optim="stable_adamw")
+    stable = LaViTTrainingArguments(
+        output_dir=str(tmp_path), model_dtype="bfloat16", use_cpu=True, optim="stable_adamw"
+    )
     assert LaViTTrainer.get_optimizer_cls_and_kwargs(stable, model)[0] is StableAdamW
     sgd = LaViTTrainingArguments(output_dir=str(tmp_path), model_dtype="bfloat16", use_cpu=True, optim="sgd")
     with pytest.raises(ValueError, match="round most updates away"):
@@ -223,7 +226,7 @@ def test_vtop_width_is_read_from_the_data_when_the_features_do_not_fix_it(tmp_pa
     assert _state(out)["global_step"] == 1
     bad = _plain_list_vtop_dataset(tmp_path / "bad", [D, D - 1])
     with pytest.raises(ValueError, match=r"synthetic-1.*'vtop' has shape \(47,\), expected \(48,\)"):
-        _train(tmp_path, bad, student_dir, tmp_path / "bad_out", "--max_steps", "1", "--per_device_train_batch_size", "2")
+        _train(tmp_path, bad, student_dir, tmp_path / "bad_out", "--max_steps", "1")
     empty = _plain_list_vtop_dataset(tmp_path / "empty", [0, D])
     with pytest.raises(ValueError, match=r"column 'vtop' of .*empty.*first row 'synthetic-0'.*must be positive"):
         _train(tmp_path, empty, student_dir, tmp_path / "empty_out", "--max_steps", "1")

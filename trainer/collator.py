@@ -161,7 +161,8 @@ class DataCollatorForLaViT(DataCollatorMixin):
         ]
         batch["trajectory_target"], batch["trajectory_mask"] = _pad_rows(trajectories)
         if self.vtop_source == "pooled":
-            batch["vtop_target"] = torch.stack([self._vtop(example, row) for example, row in zip(examples, rows, strict=True)])
+            vtop = [self._vtop(example, row) for example, row in zip(examples, rows, strict=True)]
+            batch["vtop_target"] = torch.stack(vtop)
         else:
             tokens = [
                 self._vtop_tokens(example, row, teacher, student)

@@ -173,8 +173,12 @@ class LaViTTrainer(Trainer):
         too_long = [index for index, length in enumerate(lengths) if length > self.max_length]
         if not too_long:
             return dataset, lengths
-        ids = dataset.select_columns([schema.ID])[too_long][schema.ID] if schema.ID in dataset.column_names else too_long
-        details = ", ".join(f"{sample!r} ({lengths[index]} tokens)" for sample, index in zip(ids[:10], too_long[:10], strict=True))
+        ids = too_long
+        if schema.ID in dataset.column_names:
+            ids = dataset.select_columns([schema.ID])[too_long][schema.ID]
+        details = ", ".join(
+            f"{sample!r} ({lengths[index]} tokens)" for sample, index in zip(ids[:10], too_long[:10], strict=True)
+        )
         if args.long_samples == "error":
             raise ValueError(
                 f"{split} dataset: {len(too_long)} sample(s) are longer than max_length={self.max_length} tokens "

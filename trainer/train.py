@@ -119,7 +119,7 @@ def load_student(path: str | os.PathLike, teacher_hidden_size: int | None, args:
                 f"{path}: a Qwen2.5-VL checkpoint is converted at full precision; with use_peft `lavit train` "
                 "converts it into output_dir/base_model first and quantises that."
             )
-        model, processor = LaViTForConditionalGeneration.from_qwen2_5_vl(path, num_latent_tokens=args.num_latent_tokens, teacher_hidden_size=teacher_hidden_size, seed=args.seed)  # fmt: skip
+        model, processor = LaViTForConditionalGeneration.from_qwen2_5_vl(path, num_latent_tokens=args.num_latent_tokens, teacher_hidden_size=teacher_hidden_size, seed=args.seed)  # noqa: E501  (one line: the conversion call)
         # The conversion loads float32 with the checkpoint's attention: apply the loading options here.
         model = model.to(dtype)
         if args.attn_implementation is not None:
@@ -247,7 +247,7 @@ def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
     for step in sorted(steps, reverse=True):
         if is_complete_checkpoint(steps[step]):
             return str(steps[step])
-        logger.warning("Skipping %s: incomplete (no readable %s; killed while saving?)", steps[step], TRAINER_STATE_NAME)
+        logger.warning("Skipping %s: incomplete (no %s; killed while saving?)", steps[step], TRAINER_STATE_NAME)
     return None
 
 
