@@ -1,20 +1,34 @@
 """Training-step benchmark: LaViT stages 0, 1 and 2 against a plain Qwen2.5-VL fine-tuning step on the same inputs.
 
-    python bench/train_step.py --shape 3b --device cuda --batch_size 1 4   # the GPU benchmark (random 3B weights)
+    python bench/train_step.py --shape 3b --device cuda --batch_size 1 4   # the GPU default recipe (random 3B weights)
+    python bench/train_step.py --shape 3b --device cuda --batch_size 4 --dtype bfloat16 --no_checkpointing
+                                                                           # bf16 weights, Kahan-compensated AdamW
+    python bench/train_step.py --shape 3b --device cuda --batch_size 4 --mixed_batches 12
+                                                                           # mixed image sizes, grouped or not
+    python bench/train_step.py --shape 3b --device cuda --batch_size 1 4 --dtype bfloat16 --peft qlora --stages 1 2
+                                                                           # QLoRA (LoRA on a 4-bit base)
     python bench/train_step.py --shape tiny --device cpu                   # smoke run, well under a minute
     python bench/train_step.py --shape 3b --device cuda --profile          # where one step's time goes
-    python bench/train_step.py --shape 3b --device cuda --batch_size 1 4 --dtype bfloat16 --no_checkpointing \
-        --compile all                                                      # the fast recipe (torch_compile=True)
 
-Each case (one image size, or a mixed batch) is collated once by `DataCollatorForLaViT` from synthetic rows (real
-tokenizer, random images, answers of about 160 tokens) and timed as one optimiser step: forward, backward and a
-(fused on CUDA) AdamW step, vision tower frozen, activation checkpointing on, bf16 autocast over float32 weights (the
-Trainer's `bf16=True`; `--dtype bfloat16` for bf16 weights). The plain step is `Qwen2_5_VLForConditionalGeneration`
+Recipes. The default on CUDA is `lavit train`'s default there: float32 master weights under bf16 autocast,
+activation checkpointing, every decoder layer and vision block compiled (`torch_compile`, on by default on a GPU).
+`--dtype bfloat16` gives bf16 weights; the optimiser is then the trainer's Kahan-compensated AdamW, so both recipes
+apply every update (HF_NOTES.md, Numerics) and are training speeds. The optimiser of every row, the plain model's
+included, is the one `LaViTTrainer` builds (`LaViTTrainer.get_optimizer_cls_and_kwargs`, lr 5e-6, weight decay 0.1).
+
+Each case is collated by `DataCollatorForLaViT` from synthetic rows (real tokenizer, random images, answers of about
+160 tokens) and timed as optimiser steps: forward, backward and the optimiser step, vision tower frozen. Cases: one
+batch per image size (uniform); with `--mixed_batches N`, N batches of images of six sizes drawn at random, taken in
+random order (`mixed random`: padded to the longest sample of each batch) and in the order of the trainer's
+length-grouped sampler (`mixed grouped`, `train_sampling_strategy="group_by_length"`: megabatches of 50 batches
+sorted by token length, as on a large dataset); `tokens/s / uniform` compares each row with the same model on the
+largest uniform case. The plain step is `Qwen2_5_VLForConditionalGeneration`
 with the same `input_ids`, `labels` and pixels and no teacher targets (its LM head projects every position), given
 LaViT's two generic vision speed-ups (packed window attention, frozen tower without autograd) so that the ratios
 measure LaViT's own cost; `--stock_plain` adds a row for Qwen2.5-VL exactly as transformers runs it. `--compile`
-compiles each decoder layer (`language`), and each vision block too (`all`), of both models in place, as
-`LaViTTrainer` does under `torch_compile=True`; the warm-up steps absorb the compilation.
+(default: `all` on CUDA, `none` on the CPU) compiles each decoder layer (`language`), and each vision block too
+(`all`), of both models in place, as `LaViTTrainer` does under `torch_compile=True`; the warm-up steps absorb the
+compilation.
 
 Reported per row: seconds per step, tokens per second (non-padding tokens of the batch), peak allocated memory, MFU and
 the ratios to the plain step of the same case. Both models run the vision tower's windowed attention as one sdpa call
@@ -58,6 +72,11 @@ SHAPES = {
     "3b": (((672, 672), (1344, 1008)), 120, TEACHER_HIDDEN_3B),
     "tiny": (((56, 56), (112, 84)), 12, 48),
 }
+# Image sizes (width, height; multiples of 28) of the mixed-resolution cases, spanning each shape's single sizes.
+MIXED_SIZES = {
+    "3b": ((672, 672), (784, 588), (896, 672), (1008, 756), (1120, 840), (1344, 1008)),
+    "tiny": ((56, 56), (84, 56), (112, 56), (84, 84), (112, 84), (112, 112)),
+}
 
 
 @dataclass
@@ -65,7 +84,7 @@ class Result:
     case: str
     model: str
     seconds: float
-    tokens: int
+    tokens: float
     peak_gib: float
     flops: float
 
@@ -87,6 +106,7 @@ def build_model(
     vision_attention: str,
     compile_blocks: str = "none",
     text_attention: str = "sdpa",
+    peft: str = "none",
 ):
     """A random Qwen2.5-VL (`kind="plain"`, or `"stock"`) or LaViT student of `shape`, vision tower frozen;
     `vision_attention` "packed" (one sdpa call per layer, as `LaViTTrainer` sets) or "loop" (Qwen's one call per
@@ -96,7 +116,10 @@ def build_model(
     embedding included, to make its output require grad: stock Qwen2.5-VL then records autograd through the whole
     frozen tower, recomputes it and backpropagates through it for nothing. `LaViTModel.get_image_features` runs a
     frozen tower without autograd; `"plain"` gets the same (a wrapper here) so that the ratios measure LaViT's own
-    cost, `"stock"` is transformers as is (with the per-window loop whatever `vision_attention` says)."""
+    cost, `"stock"` is transformers as is (with the per-window loop whatever `vision_attention` says).
+
+    `peft` "lora" or "qlora" (LaViT only): the student goes through `lavit train`'s own path, saved and loaded back
+    by `trainer.train.load_student` (QLoRA: 4-bit NF4 base via bitsandbytes) and wrapped by `trainer.lora`."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     from lavit_hf import LaViTConfig, LaViTForConditionalGeneration, add_latent_tokens
@@ -129,6 +152,8 @@ def build_model(
                 return get_image_features(*args, **kwargs)
 
         model.model.get_image_features = frozen_image_features  # an instance attribute shadows the method
+    if peft != "none" and kind == "lavit":
+        model = lora_student(model, processor, shape, device, dtype, quantised=peft == "qlora")
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if compile_blocks != "none":  # what `LaViTTrainer` does under `torch_compile=True`
@@ -138,32 +163,104 @@ def build_model(
     return model.train()
 
 
-def make_batches(shape: str, processor, batch_size: int) -> dict[str, dict]:
-    """One collated batch per case: each single image size, and (batch size 2 or more) a mixed batch alternating
-    them, padded to its longest sample."""
+def lora_student(model, processor, shape: str, device: str, dtype: torch.dtype, quantised: bool):
+    """`model` as `lavit train --use_peft [--load_in_4bit]` trains it: saved, loaded back by `load_student` (4-bit
+    NF4 base with `quantised`) and wrapped in a LoRA adapter with the heads and latent rows trainable."""
+    import tempfile
+
+    from lavit_hf.attention import use_packed_vision_attention
+    from trainer import LaViTTrainingArguments
+    from trainer.lora import wrap_with_lora
+    from trainer.train import load_student
+
+    folder = tempfile.mkdtemp(prefix="lavit-bench-")
+    model.processor = processor
+    model.save_pretrained(folder)
+    del model
+    args = LaViTTrainingArguments(
+        output_dir=folder, use_peft=True, load_in_4bit=quantised, report_to="none",
+        use_cpu=not device.startswith("cuda"), model_dtype="bfloat16" if dtype == torch.bfloat16 else "float32",
+    )  # fmt: skip
+    student, _ = load_student(folder, SHAPES[shape][2], args)
+    if not quantised:
+        student = student.to(device)
+    student.config.use_cache = False
+    use_packed_vision_attention(student)
+    return wrap_with_lora(student, args).train()
+
+
+def _collate(collator, sizes: list[tuple[int, int]], answer_words: int, teacher_hidden: int, seed: int) -> dict:
+    """One batch of synthetic rows with images of `sizes` (width, height) and teacher grids to match."""
     from lavit_hf.testing_utils import synthetic_lavit_rows
+
+    merge = 28  # pixels per merged token side (patch 14, merge 2)
+    grids = [(h // merge, w // merge) for w, h in sizes]
+    columns = synthetic_lavit_rows(
+        len(sizes), teacher_hidden, image_sizes=sizes, teacher_grids=grids, answer_words=answer_words, seed=seed
+    )
+    return collator([{key: values[i] for key, values in columns.items()} for i in range(len(sizes))])
+
+
+def mixed_orders(shape: str, collator, batch_size: int, num_batches: int, seed: int = 0) -> dict[str, list]:
+    """Image sizes of `num_batches` batches drawn from a pool of mixed-size samples: in random order, and in the
+    order of the trainer's length-grouped sampler (lengths from `DataCollatorForLaViT.sample_lengths`, which reads
+    each row's `image_size` and text, not its image). The pool holds 200 batches, so that the sampler forms its
+    megabatches of 50 batches as it does on a real dataset."""
+    import random
+
+    import datasets
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    rng = random.Random(seed)
+    sizes = [rng.choice(MIXED_SIZES[shape]) for _ in range(200 * batch_size)]
+    answer = " ".join(["red"] * SHAPES[shape][1])
+    meta = datasets.Dataset.from_dict(
+        {"question": ["Question: what is red?"] * len(sizes), "answer": [answer] * len(sizes), "image_size": sizes}
+    )
+    lengths = collator.sample_lengths(meta)
+    grouped = list(LengthGroupedSampler(batch_size, lengths=lengths, generator=torch.Generator().manual_seed(seed)))
+    shuffled = rng.sample(range(len(sizes)), len(sizes))
+    starts = range(0, num_batches * batch_size, batch_size)
+    return {
+        name: [[sizes[i] for i in order[start : start + batch_size]] for start in starts]
+        for name, order in (("mixed random", shuffled), ("mixed grouped", grouped))
+    }
+
+
+def make_batches(shape: str, processor, batch_size: int, mixed_batches: int = 0) -> dict[str, list[dict]]:
+    """The batches of each case: one per single image size; with `mixed_batches`, that many of mixed sizes in
+    random and in length-grouped order (`mixed_orders`)."""
     from trainer.collator import DataCollatorForLaViT
 
     sizes, answer_words, teacher_hidden = SHAPES[shape]
     collator = DataCollatorForLaViT(processor, teacher_hidden_size=teacher_hidden)
-    merge = 28  # pixels per merged token side (patch 14, merge 2)
-    cases = {f"{w}x{h}": [(w, h)] for w, h in sizes}
-    if batch_size > 1:  # a mixed batch needs at least one image of each size
-        cases["mixed"] = list(sizes)
-    batches = {}
-    for name, case_sizes in cases.items():
-        grids = [(h // merge, w // merge) for w, h in case_sizes]
-        columns = synthetic_lavit_rows(
-            batch_size, teacher_hidden, image_sizes=case_sizes, teacher_grids=grids, answer_words=answer_words
-        )
-        rows = [{key: values[i] for key, values in columns.items()} for i in range(batch_size)]
-        batches[name] = collator(rows)
-    return batches
+    cases = {f"{w}x{h}": [[(w, h)] * batch_size] for w, h in sizes}
+    if mixed_batches:
+        cases.update(mixed_orders(shape, collator, batch_size, mixed_batches))
+    return {
+        name: [_collate(collator, batch, answer_words, teacher_hidden, seed) for seed, batch in enumerate(batches)]
+        for name, batches in cases.items()
+    }
 
 
-def make_optimizer(model, device: str) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=1e-6, weight_decay=0.1, fused=device.startswith("cuda"))
+def make_optimizer(model, dtype: torch.dtype, device: str) -> torch.optim.Optimizer:
+    """The optimiser `LaViTTrainer` builds for `model` (torch's fused AdamW over float32 weights, torch-optimi's
+    Kahan-compensated AdamW over bf16 ones), weight decay on matrices only, as the Trainer's parameter groups."""
+    import tempfile
+
+    from trainer import LaViTTrainer, LaViTTrainingArguments
+
+    args = LaViTTrainingArguments(
+        output_dir=tempfile.gettempdir(), model_dtype="bfloat16" if dtype == torch.bfloat16 else "float32",
+        use_cpu=not device.startswith("cuda"), report_to="none",
+    )  # fmt: skip
+    optimizer_cls, kwargs = LaViTTrainer.get_optimizer_cls_and_kwargs(args, model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": args.weight_decay},
+        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return optimizer_cls(groups, **kwargs)
 
 
 def forward_backward(model, batch: dict, device: str, autocast: bool, num_items) -> None:
@@ -173,36 +270,40 @@ def forward_backward(model, batch: dict, device: str, autocast: bool, num_items)
 
 
 def time_steps(
-    model, batch: dict, device: str, autocast: bool, warmup: int, steps: int, grad_accum: int = 1
-) -> tuple[float, float]:
-    """Seconds per micro-batch (median over `steps` optimiser steps of `grad_accum` micro-batches each, after
-    `warmup`; the median keeps a stray garbage collection or clock dip out) and peak allocated GiB (CUDA only)."""
-    optimizer = make_optimizer(model, device)
-    batch = {key: value.to(device) for key, value in batch.items()}
-    num_items = (batch["labels"][:, 1:] != -100).sum() * grad_accum
+    model, batches: list[dict], device: str, autocast: bool, warmup: int, steps: int, grad_accum: int = 1
+) -> tuple[float, float, float]:
+    """`(seconds, tokens, peak GiB)` per micro-batch. One batch: the median over `steps` optimiser steps of
+    `grad_accum` micro-batches each, after `warmup` (the median keeps a stray garbage collection or clock dip out).
+    Several batches: the mean over one pass through them all (each step its own batch), after `warmup` steps on
+    the first ones. Peak allocated memory on CUDA only."""
+    on_cuda = device.startswith("cuda")
+    optimizer = make_optimizer(model, next(model.parameters()).dtype, device)
+    batches = [{key: value.to(device) for key, value in batch.items()} for batch in batches]
 
-    def step():
+    def step(batch: dict) -> None:
+        num_items = (batch["labels"][:, 1:] != -100).sum() * grad_accum
         for _ in range(grad_accum):
             forward_backward(model, batch, device, autocast, num_items)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(warmup):
-        step()
-    if device.startswith("cuda"):
+    for index in range(warmup):
+        step(batches[index % len(batches)])
+    if on_cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    timed = batches * steps if len(batches) == 1 else batches
     times = []
-    for _ in range(steps):
+    for batch in timed:
         start = time.perf_counter()
-        step()
-        if device.startswith("cuda"):
+        step(batch)
+        if on_cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    seconds = statistics.median(times) / grad_accum
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
-    del optimizer
-    return seconds, peak
+    seconds = (statistics.median(times) if len(batches) == 1 else statistics.fmean(times)) / grad_accum
+    tokens = statistics.fmean(int(batch["attention_mask"].sum()) for batch in batches)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if on_cuda else float("nan")
+    return seconds, tokens, peak
 
 
 def measure(kind: str, stages: list[int], batches: dict, args, processor, dtype) -> list[Result]:
@@ -216,20 +317,26 @@ def measure(kind: str, stages: list[int], batches: dict, args, processor, dtype)
         args.vision_attention,
         compile_blocks=args.compile if kind != "stock" else "none",
         text_attention=args.text_attention,
+        peft=args.peft,
     )
     num_params = sum(p.numel() for p in model.parameters())
     results = []
     for stage in stages:
         if kind == "lavit":
             model.set_training_stage(stage)
-        for case, batch in batches.items():
+        for case, case_batches in batches.items():
             if kind != "lavit":
-                batch = {k: v for k, v in batch.items() if not k.startswith(("vtop_", "trajectory_"))}
+                case_batches = [
+                    {k: v for k, v in batch.items() if not k.startswith(("vtop_", "trajectory_"))}
+                    for batch in case_batches
+                ]
             # bf16 autocast over float32 weights on CUDA; a CPU smoke run stays in float32 (CPU bf16 is emulated).
             autocast = dtype == torch.float32 and args.device.startswith("cuda")
-            seconds, peak = time_steps(model, batch, args.device, autocast, args.warmup, args.steps, args.grad_accum)
-            tokens = int(batch["attention_mask"].sum())
+            seconds, tokens, peak = time_steps(
+                model, case_batches, args.device, autocast, args.warmup, args.steps, args.grad_accum
+            )
             name = {"plain": "qwen2.5-vl", "stock": "qwen2.5-vl (stock)"}.get(kind, f"lavit stage {stage}")
+            name += f" ({args.peft})" if kind == "lavit" and args.peft != "none" else ""
             results.append(Result(case, name, seconds, tokens, peak, 6.0 * num_params * tokens))
             logger.info("%s %s: %.3f s", case, name, seconds)
     del model
@@ -259,130 +366,143 @@ def cuda_seconds(fn, repeats: int = 3) -> float:
 def profile(args, dtype) -> None:
     """Profile one step of the plain model and of LaViT stage 1 on one case, for each vision attention (see the
     module docstring); prints the tables and the time split."""
+    from lavit_hf import add_latent_tokens, build_qwen2_5_vl_processor
+
+    processor = build_qwen2_5_vl_processor(min_pixels=56 * 56, max_pixels=4_194_304)
+    add_latent_tokens(processor.tokenizer, 4)
+    batches = {name: cases[0] for name, cases in make_batches(args.shape, processor, args.batch_size[0]).items()}
+    case = args.profile_case or max(batches, key=lambda name: int(batches[name]["attention_mask"].sum()))
+    summary = []
+    for kind, stage in (("plain", 0), ("lavit", args.profile_stage)):
+        summary += _profile_model(kind, stage, batches[case], case, args, processor, dtype)
+        gc.collect()
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    print("\n" + "\n".join(summary))
+
+
+def _profile_model(kind: str, stage: int, batch: dict, case: str, args, processor, dtype) -> list[str]:
+    """Profile one model on one batch for each vision attention of `args.profile_variants`; returns the summaries."""
+    from lavit_hf.modeling_lavit import PACKED_VISION_ATTENTION
+
+    device = args.device  # CPU: a smoke run of this code
+    model = build_model(
+        kind, args.shape, processor, device, dtype, not args.no_checkpointing, "loop", compile_blocks=args.compile
+    )
+    name = "qwen2.5-vl" if kind == "plain" else f"lavit stage {stage}"
+    if kind == "plain":  # the stock tower, with autograd through it, as in transformers
+        del model.model.get_image_features
+        batch = {k: v for k, v in batch.items() if not k.startswith(("vtop_", "trajectory_"))}
+    else:
+        model.set_training_stage(stage)
+    batch = {key: value.to(device) for key, value in batch.items()}
+    optimizer = make_optimizer(model, dtype, device)
+    summary = []
+    for vision_attention in args.profile_variants:
+        model.config.vision_config._attn_implementation = (
+            PACKED_VISION_ATTENTION if vision_attention == "packed" else "sdpa"
+        )
+        label = f"{case} {name}, vision attention {vision_attention}, {int(batch['attention_mask'].sum())} tokens"
+        summary.append(_profile_variant(model, optimizer, batch, label, args, dtype))
+    return summary
+
+
+def _profile_variant(model, optimizer, batch: dict, label: str, args, dtype) -> str:
+    """Time one step, split it (vision forward, language model forward and backward on cached image features,
+    optimiser step), profile it and print the top ops; returns the summary line."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity
     from transformers.modeling_outputs import BaseModelOutputWithPooling
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
 
-    from lavit_hf import add_latent_tokens, build_qwen2_5_vl_processor
-    from lavit_hf.modeling_lavit import PACKED_VISION_ATTENTION
-
-    device, on_cuda = args.device, args.device.startswith("cuda")  # CPU: a smoke run of this code
-    processor = build_qwen2_5_vl_processor(min_pixels=56 * 56, max_pixels=4_194_304)
-    add_latent_tokens(processor.tokenizer, 4)
-    batches = make_batches(args.shape, processor, args.batch_size[0])
-    case = args.profile_case or max(batches, key=lambda name: int(batches[name]["attention_mask"].sum()))
+    device, on_cuda = args.device, args.device.startswith("cuda")
     autocast = dtype == torch.float32 and on_cuda
+    num_items = (batch["labels"][:, 1:] != -100).sum()
+    tokens = int(batch["attention_mask"].sum())
+
+    def step():
+        forward_backward(model, batch, device, autocast, num_items)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(args.warmup):
+        step()
+    step_s = cuda_seconds(step, args.steps)
+
+    def vision(grad: bool):
+        with torch.set_grad_enabled(grad), torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+            # Qwen's own method (LaViT's override turns autograd off for a frozen tower by itself)
+            return Qwen2_5_VLModel.get_image_features(model.model, batch["pixel_values"], batch["image_grid_thw"])
+
+    vision_grad_s = cuda_seconds(lambda: vision(True))
+    vision_nograd_s = cuda_seconds(lambda: vision(False))
+    cached = BaseModelOutputWithPooling(pooler_output=vision(False).pooler_output)
+    model.model.get_image_features = lambda *a, **k: cached  # instance attribute shadows the method
+    timings = {"fwd": 0.0, "bwd": 0.0}
+
+    def language_model():
+        synchronize()
+        start = time.perf_counter()
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+            loss = model(**batch, num_items_in_batch=num_items, use_cache=False).loss
+        synchronize()
+        middle = time.perf_counter()
+        loss.backward()
+        synchronize()
+        timings["fwd"] += (middle - start) / 3
+        timings["bwd"] += (time.perf_counter() - middle) / 3
+
+    lm_s = cuda_seconds(language_model)
+    del model.model.get_image_features
+    optimizer_s = cuda_seconds(optimizer.step)
+    optimizer.zero_grad(set_to_none=True)
+
+    synchronize()
     activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if on_cuda else [ProfilerActivity.CPU]
-    summary = []
-    for kind, stage in (("plain", 0), ("lavit", args.profile_stage)):
-        model = build_model(
-            kind, args.shape, processor, device, dtype, not args.no_checkpointing, "loop", compile_blocks=args.compile
-        )
-        name = "qwen2.5-vl" if kind == "plain" else f"lavit stage {stage}"
-        if kind != "plain":
-            model.set_training_stage(stage)
-        if kind == "plain":  # the stock tower, with autograd through it, as in transformers
-            del model.model.get_image_features
-        batch = batches[case]
-        if kind == "plain":
-            batch = {k: v for k, v in batch.items() if not k.startswith(("vtop_", "trajectory_"))}
-        batch = {key: value.to(device) for key, value in batch.items()}
-        num_items = (batch["labels"][:, 1:] != -100).sum()
-        tokens = int(batch["attention_mask"].sum())
-        optimizer = make_optimizer(model, device)
-
-        def step():
-            forward_backward(model, batch, device, autocast, num_items)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        for vision_attention in args.profile_variants:
-            model.config.vision_config._attn_implementation = (
-                PACKED_VISION_ATTENTION if vision_attention == "packed" else "sdpa"
-            )
-            label = f"{case} {name}, vision attention {vision_attention}, {tokens} tokens"
-            for _ in range(args.warmup):
-                step()
-            step_s = cuda_seconds(step, args.steps)
-
-            # The split: vision forward alone (with and without autograd), the rest of forward and backward with the
-            # image features cached, the optimiser step alone.
-            def vision(grad: bool):
-                with torch.set_grad_enabled(grad), torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
-                    # Qwen's own method (LaViT's override turns autograd off for a frozen tower by itself)
-                    return Qwen2_5_VLModel.get_image_features(model.model, batch["pixel_values"], batch["image_grid_thw"])
-
-            vision_grad_s = cuda_seconds(lambda: vision(True))
-            vision_nograd_s = cuda_seconds(lambda: vision(False))
-            features = vision(False)
-            cached = BaseModelOutputWithPooling(pooler_output=features.pooler_output)
-            model.model.get_image_features = lambda *a, **k: cached  # instance attribute shadows the method
-            timings = {"fwd": 0.0, "bwd": 0.0}
-
-            def language_model():
-                synchronize()
-                start = time.perf_counter()
-                with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
-                    loss = model(**batch, num_items_in_batch=num_items, use_cache=False).loss
-                synchronize()
-                middle = time.perf_counter()
-                loss.backward()
-                synchronize()
-                timings["fwd"] += (middle - start) / 3
-                timings["bwd"] += (time.perf_counter() - middle) / 3
-
-            lm_s = cuda_seconds(language_model)
-            del model.model.get_image_features
-            optimizer_s = cuda_seconds(optimizer.step)
-            optimizer.zero_grad(set_to_none=True)
-
-            synchronize()
-            with torch.profiler.profile(activities=activities) as prof:
-                start = time.perf_counter()
-                step()
-                synchronize()
-                wall = time.perf_counter() - start
-            averages = prof.key_averages()
-            on_device = [e for e in averages if e.device_type == DeviceType.CUDA]  # kernels, copies, memsets
-            kernel_s = sum(e.self_device_time_total for e in on_device) / 1e6
-            kernels = sum(e.count for e in on_device)
-            print(f"\n=== {label}: top ops by self CUDA time ===")
-            print(averages.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70))
-            print(f"=== {label}: top ops by self CPU time ===")
-            print(averages.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70))
-            line = (
-                f"{label}: step {step_s:.3f} s ({tokens / step_s:.0f} tokens/s); profiled step wall {wall:.3f} s, "
-                f"kernel time {kernel_s:.3f} s ({100 * kernel_s / wall:.0f}% busy, {kernels} kernel launches); "
-                f"vision fwd {vision_grad_s:.3f} s (no_grad {vision_nograd_s:.3f} s); language model with cached "
-                f"image features fwd {timings['fwd']:.3f} s + bwd {timings['bwd']:.3f} s = {lm_s:.3f} s; "
-                f"optimizer step {optimizer_s:.3f} s"
-            )
-            print(line)
-            summary.append(line)
-        del model, optimizer
-        gc.collect()
-        if on_cuda:
-            torch.cuda.empty_cache()
-    print("\n" + "\n".join(summary))
+    with torch.profiler.profile(activities=activities) as prof:
+        start = time.perf_counter()
+        step()
+        synchronize()
+        wall = time.perf_counter() - start
+    averages = prof.key_averages()
+    on_device = [e for e in averages if e.device_type == DeviceType.CUDA]  # kernels, copies, memsets
+    kernel_s = sum(e.self_device_time_total for e in on_device) / 1e6
+    kernels = sum(e.count for e in on_device)
+    print(f"\n=== {label}: top ops by self CUDA time ===")
+    print(averages.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70))
+    print(f"=== {label}: top ops by self CPU time ===")
+    print(averages.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70))
+    line = (
+        f"{label}: step {step_s:.3f} s ({tokens / step_s:.0f} tokens/s); profiled step wall {wall:.3f} s, "
+        f"kernel time {kernel_s:.3f} s ({100 * kernel_s / wall:.0f}% busy, {kernels} kernel launches); "
+        f"vision fwd {vision_grad_s:.3f} s (no_grad {vision_nograd_s:.3f} s); language model with cached "
+        f"image features fwd {timings['fwd']:.3f} s + bwd {timings['bwd']:.3f} s = {lm_s:.3f} s; "
+        f"optimizer step {optimizer_s:.3f} s"
+    )
+    print(line)
+    return line
 
 
-def format_table(results: list[Result], peak_tflops: float | None, device: str) -> str:
+def format_table(results: list[Result], peak_tflops: float | None, device: str, uniform_case: str) -> str:
+    """The results as a markdown table: ratios to the plain step of the same case, to the same model on
+    `uniform_case` (the largest single image size), and to the reference code's tokens/s."""
     plain = {r.case: r for r in results if r.model == "qwen2.5-vl"}
+    uniform = {r.model: r for r in results if r.case == uniform_case}
     header = (
         "| case | model | tokens | s/step | tokens/s | peak GiB | MFU | time / plain | memory / plain "
-        "| tokens/s / reference |"
+        "| tokens/s / uniform | tokens/s / reference |"
     )
-    lines = [header, "|" + " --- |" * 10]
+    lines = [header, "|" + " --- |" * 11]
+    on_cuda = device.startswith("cuda")
     for r in results:
         base = plain[r.case]
         mfu = f"{100 * r.flops / r.seconds / (peak_tflops * 1e12):.1f}%" if peak_tflops else "n/a"
-        on_cuda = device.startswith("cuda")
         memory_ratio = f"{r.peak_gib / base.peak_gib:.2f}x" if on_cuda else "n/a"
         peak = f"{r.peak_gib:.1f}" if on_cuda else "n/a"
+        versus_uniform = r.tokens_per_second() / uniform[r.model].tokens_per_second()
         lines.append(
-            f"| {r.case} | {r.model} | {r.tokens} | {r.seconds:.3f} | {r.tokens_per_second():.0f} | "
-            f"{peak} | {mfu} | {r.seconds / base.seconds:.2f}x | {memory_ratio} | "
+            f"| {r.case} | {r.model} | {r.tokens:.0f} | {r.seconds:.3f} | {r.tokens_per_second():.0f} | "
+            f"{peak} | {mfu} | {r.seconds / base.seconds:.2f}x | {memory_ratio} | {versus_uniform:.2f}x | "
             f"{r.tokens_per_second() / REFERENCE_TOKENS_PER_SECOND:.2f}x |"
         )
     return "\n".join(lines)
@@ -394,19 +514,27 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch_size", type=int, nargs="+", default=[1], help="batch sizes to measure")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                        help="weight dtype; float32 runs under bf16 autocast (the reference setting)")
+                        help="weight dtype: float32 runs under bf16 autocast (the default recipe); bfloat16 trains "
+                        "with the trainer's Kahan-compensated AdamW")
     parser.add_argument("--stages", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 2 on CUDA, 1 on CPU)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 3 on CUDA, 1 on CPU)")
     parser.add_argument("--no_checkpointing", action="store_true", help="disable activation checkpointing")
     parser.add_argument("--vision_attention", choices=["packed", "loop"], default="packed",
-                        help="vision tower attention: one sdpa call per layer (as LaViTTrainer sets) or one per window")
+                        help="vision tower attention: one sdpa call per layer (as LaViTTrainer sets) or one per "
+                        "window")
     parser.add_argument("--text_attention", choices=["sdpa", "flex"], default="sdpa",
                         help="LaViT's language-model attention: sdpa, or flex attention (the stage-1 rule as a block "
                         "mask); the plain model stays on sdpa")
-    parser.add_argument("--compile", choices=["none", "language", "all"], default="none",
-                        help="torch.compile each decoder layer (language) and each vision block too (all) of the plain "
-                        "and LaViT models in place, as LaViTTrainer does under torch_compile=True")
+    parser.add_argument("--compile", choices=["none", "language", "all"], default=None,
+                        help="torch.compile each decoder layer (language) and each vision block too (all) of both "
+                        "models in place, as LaViTTrainer does under torch_compile=True (default: all on CUDA, as "
+                        "`lavit train` there; none on the CPU)")
+    parser.add_argument("--peft", choices=["none", "lora", "qlora"], default="none",
+                        help="train the LaViT student as a LoRA adapter (qlora: on a 4-bit base), through lavit "
+                        "train's loading path; the plain row stays a full fine-tuning step")
+    parser.add_argument("--mixed_batches", type=int, default=0,
+                        help="also time this many batches of mixed image sizes, in random and in length-grouped order")
     parser.add_argument("--grad_accum", type=int, default=1,
                         help="micro-batches per optimiser step; times are reported per micro-batch")
     parser.add_argument("--stock_plain", action="store_true",
@@ -432,6 +560,7 @@ def main(argv: list[str] | None = None) -> None:
     peak_tflops = args.peak_tflops or (989.0 if on_cuda else None)
     args.warmup = args.warmup if args.warmup is not None else (2 if on_cuda else 1)
     args.steps = args.steps if args.steps is not None else (3 if on_cuda else 1)
+    args.compile = args.compile or ("all" if on_cuda else "none")
     dtype = getattr(torch, args.dtype)
     if args.profile:
         profile(args, dtype)
@@ -440,15 +569,19 @@ def main(argv: list[str] | None = None) -> None:
         # Pixel limits that keep each case's images at their own size (the processor rounds to 28-pixel multiples).
         processor = build_qwen2_5_vl_processor(min_pixels=56 * 56, max_pixels=4_194_304)
         add_latent_tokens(processor.tokenizer, 4)  # the same ids for both models: the plain one just sees tokens
-        batches = make_batches(args.shape, processor, batch_size)
+        batches = make_batches(args.shape, processor, batch_size, args.mixed_batches)
         results = measure("plain", [0], batches, args, processor, dtype)
         if args.stock_plain:
             results += measure("stock", [0], batches, args, processor, dtype)
         results += measure("lavit", args.stages, batches, args, processor, dtype)
-        print(f"\nshape={args.shape} device={args.device} batch_size={batch_size} dtype={args.dtype} "
-              f"checkpointing={not args.no_checkpointing} vision_attention={args.vision_attention} "
-              f"grad_accum={args.grad_accum} compile={args.compile} text_attention={args.text_attention} FLOPs/step = 6 * N_params(all) * tokens")
-        print(format_table(results, peak_tflops, args.device))
+        width, height = SHAPES[args.shape][0][-1]
+        print(
+            f"\nshape={args.shape} device={args.device} batch_size={batch_size} dtype={args.dtype} "
+            f"checkpointing={not args.no_checkpointing} vision_attention={args.vision_attention} "
+            f"grad_accum={args.grad_accum} compile={args.compile} text_attention={args.text_attention} "
+            f"mixed_batches={args.mixed_batches} peft={args.peft}; FLOPs/step = 6 * N_params(all) * tokens"
+        )
+        print(format_table(results, peak_tflops, args.device, uniform_case=f"{width}x{height}"))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import logging
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,10 @@ from lavit_hf import schema
 logger = logging.getLogger(__name__)
 
 TEMPLATE = Path(__file__).with_name("card_template.md")
+TASK_CATEGORIES = ["image-text-to-text", "visual-question-answering"]
+# The Hub's size buckets: (upper bound, label), the last one open.
+SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                   (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"))  # fmt: skip
 
 COLUMN_DESCRIPTIONS = {
     schema.ID: "deterministic key of the sample: `source/question_id`",
@@ -62,12 +67,46 @@ def content_fingerprint(info: dict[str, Any]) -> str:
     return hashlib.sha256("".join(entry["sha256"] for entry in info["files"]).encode()).hexdigest()
 
 
+def size_category(num_rows: int) -> str:
+    """The Hub's `size_categories` bucket of a dataset of `num_rows` rows."""
+    for bound, label in SIZE_CATEGORIES:
+        if num_rows < bound:
+            return label
+    return "n>100M"
+
+
+def _is_hub_id(name: str) -> bool:
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).expanduser().exists()
+
+
+def public_name(name: str | None) -> str | None:
+    """A Hub id as it is, a local file or folder by its name alone: a published card holds no local path."""
+    if not name:
+        return name
+    return name if _is_hub_id(name) else Path(name).expanduser().resolve().name
+
+
+def public_command(command: str) -> str:
+    """`command` with each absolute local path (`/data/x`, `--opt=/data/x`, `~/x`) cut to its last component."""
+
+    def public(token: str) -> str:
+        option, equals, value = token.partition("=") if token.startswith("--") else ("", "", token)
+        return option + equals + (Path(value).expanduser().name if value.startswith(("/", "~")) else value)
+
+    return shlex.join(public(token) for token in shlex.split(command))
+
+
 def write_card(out: Path, features: datasets.Features, info: dict[str, Any], repo_id: str | None = None) -> Path:
     """Render `README.md` from `card_template.md`; its YAML names the parquet files so `load_dataset(out)` reads
-    exactly `data/train-*.parquet` (not the working chunks)."""
+    exactly `data/train-*.parquet` (not the working chunks). The metadata has `license` (`other` when none was
+    given), `task_categories`, `size_categories` and `source_datasets`; local paths appear by their names only."""
+    source = str(info.get("source") or "")
     card_data = DatasetCardData(
-        license=info.get("license"),
+        license=info.get("license") or "other",
         pretty_name=info["pretty_name"],
+        task_categories=TASK_CATEGORIES,
+        size_categories=[size_category(info["counts"]["written"])],
+        source_datasets=[source if _is_hub_id(source) else public_name(source)] if source else None,
         tags=["lavit", "distillation", "visual-cot", "vision-language"],
         configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
         # `load_dataset(folder)` caches by the folder's *name* and a hash of this YAML, so two datasets in folders of
@@ -75,12 +114,19 @@ def write_card(out: Path, features: datasets.Features, info: dict[str, Any], rep
         # content fingerprint in the hashed metadata keeps their caches apart.
         dataset_info={"config_name": "default", "description": f"content sha256 {content_fingerprint(info)}"},
     )
+    public = {
+        **info,
+        "license": info.get("license") or "other",
+        "source": public_name(source),
+        "teacher": public_name(info.get("teacher")),
+        "command": public_command(info["command"]) if info.get("command") else info.get("command"),
+    }
     card = DatasetCard.from_template(
         card_data,
         template_path=str(TEMPLATE),
         columns=column_table(features),
-        repo_id=repo_id or info["pretty_name"],
-        **info,
+        repo_id=repo_id if repo_id and _is_hub_id(repo_id) else public_name(repo_id) or info["pretty_name"],
+        **{key: value for key, value in public.items() if key != "repo_id"},
     )
     path = out / "README.md"
     card.save(path)
@@ -93,4 +139,13 @@ def write_manifest(out: Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
-__all__ = ["COLUMN_DESCRIPTIONS", "TEMPLATE", "column_table", "write_card", "write_manifest"]
+__all__ = [
+    "COLUMN_DESCRIPTIONS",
+    "TEMPLATE",
+    "column_table",
+    "public_command",
+    "public_name",
+    "size_category",
+    "write_card",
+    "write_manifest",
+]

@@ -158,6 +158,8 @@ def train_variant(
             data_seed=seed,
             use_cpu=device == "cpu",
             activation_checkpointing=False,
+            # Tiny models: compiling their blocks would take longer than the whole run.
+            torch_compile=False,
             dataloader_num_workers=0,
             **fields,
         )

@@ -139,3 +139,37 @@ def test_wrong_token_feature_shape_raises(tiny_lavit_pair):
 def test_processor_without_latent_tokens_is_refused(tiny_teacher_pair):
     with pytest.raises(ValueError, match="lacks the latent tokens"):
         DataCollatorForLaViT(tiny_teacher_pair[1])
+
+
+@pytest.mark.parametrize(
+    ("field", "text", "token"),
+    [("question", "Which shape <lvr1> is left?", "<lvr1>"), ("answer", "the <|image_pad|> square", "<|image_pad|>")],
+)
+def test_special_tokens_in_user_text_are_refused_naming_the_row(collator, field, text, token):
+    """A literal latent token in a question would let it see the image in stage 1 and start the labels inside it; an
+    image placeholder in an answer would break the processor's image expansion: both are refused, naming the row."""
+    rows = _rows()
+    rows[1] = _break(rows[1], field, text)
+    with pytest.raises(ValueError, match=f"row 'synthetic-1': the {field} holds the special token '{token}'"):
+        collator(rows)
+
+
+def test_sample_lengths_equal_the_collated_lengths(tiny_lavit_pair):
+    """`sample_lengths` measures a row from its `image_size` and text, as the collator will tokenise it, for images
+    the processor resizes up, down or not at all, and for pixel limits given to the collator."""
+    sizes = ((56, 56), (112, 84), (300, 200), (1000, 30), (640, 480), (50, 900))
+    dataset = synthetic_lavit_dataset(len(sizes), D, image_sizes=sizes, answer_words=5)
+    for limits in ({}, {"min_pixels": 3136, "max_pixels": 12544}):
+        collator = DataCollatorForLaViT(tiny_lavit_pair[1], teacher_hidden_size=D, **limits)
+        collated = collator([dataset[i] for i in range(len(sizes))])["attention_mask"].sum(dim=1).tolist()
+        assert collator.sample_lengths(dataset) == collated
+        assert collator.sample_lengths(dataset.remove_columns([schema.IMAGE_SIZE])) == collated  # from the images
+
+
+def test_a_sample_over_max_length_is_refused_naming_the_row(tiny_lavit_pair):
+    rows = _rows()
+    lengths = DataCollatorForLaViT(tiny_lavit_pair[1])(rows)["attention_mask"].sum(dim=1).tolist()
+    collator = DataCollatorForLaViT(tiny_lavit_pair[1], teacher_hidden_size=D, max_length=lengths[1] - 1)
+    message = f"row 'synthetic-1': {lengths[1]} tokens, more than max_length={lengths[1] - 1}"
+    with pytest.raises(ValueError, match=message):
+        collator(rows)

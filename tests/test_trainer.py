@@ -17,6 +17,7 @@ from lavit_hf.arguments import parse_with_config
 from lavit_hf.losses import combine_losses
 from lavit_hf.testing_utils import synthetic_lavit_dataset
 from trainer import LaViTTrainer, LaViTTrainingArguments
+from trainer.configuration import PLAIN_SCHEDULE_FIELDS, STAGE_SCHEDULE_FIELDS
 from trainer.train import main, make_parser, run_schedule, to_training_arguments, with_target_format
 
 
@@ -44,6 +45,12 @@ def _args(output_dir, **overrides) -> LaViTTrainingArguments:
         seed=0,
     )
     values.update(overrides)
+    # Staged schedules read each stage's own steps, learning rate and warm-up.
+    schedule = values.get("stage_schedule", "single")
+    stages = {"single": (), "stage1": (1,), "stage2": (2,), "two_stage": (1, 2)}[schedule]
+    plain = {name: values.pop(name) for name in PLAIN_SCHEDULE_FIELDS} if stages else {}
+    for stage in stages:
+        values.update(zip(STAGE_SCHEDULE_FIELDS[stage], plain.values(), strict=True))
     return LaViTTrainingArguments(**values)
 
 
@@ -180,7 +187,7 @@ def test_torch_compile_compiles_each_block_in_place(tiny_lavit_pair, dataset, tm
         assert all((block._compiled_call_impl is not None) == compiled for block in blocks)
         assert trainer.model is model and list(model.state_dict()) == keys
         runs[compiled] = [_logged(trainer, key) for key in ("loss", *LOSSES)], model.state_dict()
-    for eager, compiled in zip(runs[False][0], runs[True][0]):
+    for eager, compiled in zip(runs[False][0], runs[True][0], strict=True):
         assert compiled == pytest.approx(eager, rel=1e-4)
     for name, value in runs[False][1].items():
         torch.testing.assert_close(runs[True][1][name], value, rtol=1e-4, atol=1e-5, msg=name)
@@ -328,7 +335,7 @@ def test_two_stages_in_one_command_then_stage2_alone(tmp_path, dataset_dir, stud
     assert "loss_curves.png" in card and (out / "stage2" / "loss_curves.png").is_file()
     # Stage 2 alone from stage 1's checkpoint.
     alone = tmp_path / "alone"
-    _cli(tmp_path, dataset_dir, out / "stage1" / "checkpoint-2", alone, "--stage_schedule", "stage2", "--max_steps", "1")
+    _cli(tmp_path, dataset_dir, out / "stage1" / "checkpoint-2", alone, "--stage_schedule", "stage2", "--stage2_steps", "1")
     assert json.loads((alone / "config.json").read_text())["training_stage"] == 2
     assert "Stage 2: joint" in (alone / "README.md").read_text()
 

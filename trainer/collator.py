@@ -14,10 +14,20 @@ from transformers.processing_utils import ProcessorMixin
 from lavit_hf import schema
 from lavit_hf.grids import resample_grid, resample_trajectory
 from lavit_hf.images import to_rgb
-from lavit_hf.layout import check_text, latent_token_strings, merged_grids, reserved_tokens, training_messages
+from lavit_hf.layout import (
+    check_text,
+    latent_token_strings,
+    merged_grids,
+    pixel_limits,
+    reserved_tokens,
+    training_messages,
+)
 
 
 logger = logging.getLogger(__name__)
+
+# Token lengths by (dataset fingerprint, size, layout settings): both stages of a run measure the same data once.
+_LENGTHS_CACHE: dict[tuple, list[int]] = {}
 
 
 def _row_name(example: dict[str, Any], index: int) -> str:
@@ -77,6 +87,9 @@ class DataCollatorForLaViT(DataCollatorMixin):
             V_top target (pooled, or each token row) becomes `(target - mean) / std`.
         min_pixels (`int`, *optional*), max_pixels (`int`, *optional*):
             Image area limits handed to the image processor; unset: the processor's own.
+        max_length (`int`, *optional*):
+            Longest sample in tokens; a longer one raises a `ValueError` naming the row (`LaViTTrainer` leaves such
+            samples out of its datasets beforehand, by `sample_lengths`).
         return_tensors (`str`, *optional*, defaults to `"pt"`):
             Only `"pt"`.
 
@@ -112,6 +125,7 @@ class DataCollatorForLaViT(DataCollatorMixin):
     vtop_statistics: tuple[torch.Tensor, torch.Tensor] | None = None
     min_pixels: int | None = None
     max_pixels: int | None = None
+    max_length: int | None = None
     return_tensors: str = "pt"
 
     def __post_init__(self):
@@ -139,21 +153,25 @@ class DataCollatorForLaViT(DataCollatorMixin):
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         rows = [_row_name(example, index) for index, example in enumerate(examples)]
         batch = self._tokenize(examples, rows)
+        if self.max_length is not None:
+            for index, length in enumerate(batch["attention_mask"].sum(dim=1).tolist()):
+                if length > self.max_length:
+                    raise ValueError(f"{rows[index]}: {length} tokens, more than max_length={self.max_length}.")
         batch["labels"] = self._labels(batch["input_ids"], batch["attention_mask"], rows)
         student_grids = merged_grids(batch["image_grid_thw"], self.processor.image_processor.merge_size)
-        teacher_grids = [_teacher_grid(example, row) for example, row in zip(examples, rows)]
+        teacher_grids = [_teacher_grid(example, row) for example, row in zip(examples, rows, strict=True)]
         trajectories = [
             self._trajectory(example, row, teacher, student)
-            for example, row, teacher, student in zip(examples, rows, teacher_grids, student_grids)
+            for example, row, teacher, student in zip(examples, rows, teacher_grids, student_grids, strict=True)
         ]
         batch["trajectory_target"], batch["trajectory_mask"] = _pad_rows(trajectories)
         if self.vtop_source == "pooled":
-            vtops = [self._vtop(example, row) for example, row in zip(examples, rows)]
+            vtops = [self._vtop(example, row) for example, row in zip(examples, rows, strict=True)]
             batch["vtop_target"] = torch.stack([self._standardize(vtop) for vtop in vtops])
         else:
             tokens = [
                 self._standardize(self._vtop_tokens(example, row, teacher, student))
-                for example, row, teacher, student in zip(examples, rows, teacher_grids, student_grids)
+                for example, row, teacher, student in zip(examples, rows, teacher_grids, student_grids, strict=True)
             ]
             batch["vtop_target"], batch["vtop_target_mask"] = _pad_rows(tokens)
         return batch
@@ -165,9 +183,72 @@ class DataCollatorForLaViT(DataCollatorMixin):
         mean, std = self.vtop_statistics
         return (vtop - mean) / std
 
+    def _pixel_limits(self) -> tuple[int, int]:
+        min_pixels, max_pixels = pixel_limits(self.processor)
+        return self.min_pixels or min_pixels, self.max_pixels or max_pixels
+
+    def sample_lengths(self, dataset, batch_size: int = 1024) -> list[int]:
+        """The token length of each row of `dataset` as `torch_call` would make it, without loading an image: the
+        rendered chat's text tokens plus the image tokens of the row's `image_size` resized by the processor's rule
+        (Qwen's `smart_resize` within the pixel limits). Rows without `image_size` read their image's size.
+
+        Example:
+
+        ```python
+        >>> from lavit_hf import build_tiny_lavit
+        >>> from lavit_hf.testing_utils import synthetic_lavit_dataset
+        >>> _, processor = build_tiny_lavit(seed=0)
+        >>> collator = DataCollatorForLaViT(processor)
+        >>> dataset = synthetic_lavit_dataset(2, 8)
+        >>> collator.sample_lengths(dataset) == collator([dataset[0], dataset[1]])["attention_mask"].sum(1).tolist()
+        True
+
+        ```
+        """
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+        image_processor = self.processor.image_processor
+        factor = image_processor.patch_size * image_processor.merge_size
+        min_pixels, max_pixels = self._pixel_limits()
+        image_token = self.processor.image_token
+        key = (
+            getattr(dataset, "_fingerprint", None), len(dataset), min_pixels, max_pixels, factor, self.num_latent_tokens,
+            len(self.processor.tokenizer), self.processor.chat_template,
+        )  # fmt: skip
+        if key[0] is not None and key in _LENGTHS_CACHE:
+            return list(_LENGTHS_CACHE[key])
+        has_size = schema.IMAGE_SIZE in dataset.column_names
+        if not has_size:
+            logger.warning("No %r column: reading every image to measure the sample lengths.", schema.IMAGE_SIZE)
+        columns = [schema.QUESTION, schema.ANSWER, schema.IMAGE_SIZE if has_size else schema.IMAGE]
+        rows = dataset.select_columns(columns).with_format(None)
+        lengths = []
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            texts = [
+                self.processor.apply_chat_template(
+                    training_messages(question, answer, self.num_latent_tokens), tokenize=False
+                )
+                for question, answer in zip(chunk[schema.QUESTION], chunk[schema.ANSWER], strict=True)
+            ]
+            sizes = chunk[schema.IMAGE_SIZE] if has_size else [image.size for image in chunk[schema.IMAGE]]
+            encoded = self.processor.tokenizer(texts)["input_ids"]
+            for text, ids, (width, height) in zip(texts, encoded, sizes, strict=True):
+                resized_height, resized_width = smart_resize(
+                    int(height), int(width), factor=factor, min_pixels=min_pixels, max_pixels=max_pixels
+                )
+                # Each image placeholder of the text becomes one token per merged patch.
+                image_tokens = (resized_height // factor) * (resized_width // factor)
+                lengths.append(len(ids) + text.count(image_token) * (image_tokens - 1))
+        if key[0] is not None:
+            _LENGTHS_CACHE[key] = list(lengths)
+            while len(_LENGTHS_CACHE) > 8:
+                _LENGTHS_CACHE.pop(next(iter(_LENGTHS_CACHE)))
+        return lengths
+
     def _tokenize(self, examples: list[dict[str, Any]], rows: list[str]) -> dict[str, torch.Tensor]:
         texts, images = [], []
-        for example, row in zip(examples, rows):
+        for example, row in zip(examples, rows, strict=True):
             missing = [key for key in (schema.IMAGE, schema.QUESTION, schema.ANSWER) if example.get(key) is None]
             if missing:
                 raise ValueError(f"{row}: missing {missing}.")

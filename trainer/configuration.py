@@ -1,5 +1,6 @@
 """`LaViTTrainingArguments`: `transformers.TrainingArguments` plus the LaViT fields (laid out like TRL's `SFTConfig`)."""
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -14,6 +15,13 @@ TRAJECTORY_METHODS = ("attention", "gradient")
 VTOP_SOURCES = ("pooled", "tokens")
 VTOP_NORMALIZATIONS = ("none", "standardize")
 MODEL_DTYPES = ("float32", "bfloat16")
+LONG_SAMPLE_POLICIES = ("skip", "error")
+# The fields each schedule reads for its steps, peak learning rate and warm-up; the others would be ignored.
+PLAIN_SCHEDULE_FIELDS = ("max_steps", "learning_rate", "warmup_steps")
+STAGE_SCHEDULE_FIELDS = {
+    1: ("stage1_steps", "stage1_learning_rate", "stage1_warmup_ratio"),
+    2: ("stage2_steps", "stage2_learning_rate", "stage2_warmup_ratio"),
+}
 
 
 @dataclass
@@ -23,24 +31,34 @@ class LaViTTrainingArguments(TrainingArguments):
     below (see the `help` of each field for its meaning; METHOD.md sections 2 and 3 for the method).
 
     Parameters that control the model:
-        `model_name_or_path`, `num_latent_tokens`, `model_dtype`, `freeze_vision`, `freeze_llm`,
-        `freeze_embeddings`.
+        `model_name_or_path`, `num_latent_tokens`, `model_dtype`, `attn_implementation`, `freeze_vision`,
+        `freeze_llm`, `freeze_embeddings`, `license`.
+
+    Parameters that control LoRA / QLoRA (the names of TRL's `ModelConfig`; needs the `peft` extra, QLoRA the `qlora`
+    extra and a CUDA device):
+        `use_peft`, `lora_r`, `lora_alpha`, `lora_dropout`, `lora_target_modules`, `load_in_4bit`, `load_in_8bit`,
+        `bnb_4bit_quant_type`, `use_bnb_nested_quant`.
 
     Parameters that control the data:
         `dataset_name_or_path`, `eval_dataset_name_or_path`, `eval_split`, `trajectory_method`, `vtop_source`,
-        `vtop_normalization`,
-        `min_pixels`, `max_pixels`.
+        `vtop_normalization`, `min_pixels`, `max_pixels`, `max_length`, `long_samples`.
 
     Parameters that control the training:
         `stage_schedule`, `stage1_steps`, `stage1_learning_rate`, `stage1_warmup_ratio`, `stage2_steps`,
         `stage2_learning_rate`, `stage2_warmup_ratio`, `ce_loss_weight`, `vtop_loss_weight`, `trajectory_loss_weight`,
         `block_prompt`, `ce_in_stage1`.
 
+    Which fields set the steps, peak learning rate and warm-up: a `single` run reads `max_steps` (or
+    `num_train_epochs`), `learning_rate` and `warmup_steps`; a `stage1` or `stage2` run, and each stage of a
+    `two_stage` run, reads its stage's `stageN_steps`, `stageN_learning_rate` and `stageN_warmup_ratio`. A field the
+    schedule would ignore, set to anything but its default, is refused with its name.
+
     > [!NOTE]
     > These defaults differ from `TrainingArguments` (they are the reference recipe of METHOD.md section 3):
     > - `remove_unused_columns=False`: the teacher targets are not forward arguments the Trainer would recognise
     >   (HF_NOTES.md, Trainer).
     > - `bf16=None`, resolved to `True` where a CUDA device supports bfloat16, else `False`.
+    > - `torch_compile=None`, resolved to `True` on a single-process or DDP CUDA run, else `False` (see below).
     > - `activation_checkpointing=True`, with `activation_checkpointing_kwargs={"use_reentrant": False}` (the vision
     >   tower is frozen, so reentrant checkpointing would see inputs without gradient).
     > - `learning_rate=5e-6`, `warmup_steps=0.06` (a ratio), `weight_decay=0.1`.
@@ -50,6 +68,11 @@ class LaViTTrainingArguments(TrainingArguments):
     > `torch_compile=True` compiles each decoder layer and vision block in place (`compile_repeated_blocks`), not
     > the whole model as `Trainer` would: the image-text merge and the masks are full of host syncs and
     > data-dependent shapes, and the blocks are where the step's elementwise work fuses.
+    >
+    > Every update is applied: with float32 weights (the default) the optimiser updates float32 master weights
+    > under bf16 autocast; with `model_dtype="bfloat16"` plain AdamW would round most updates at the paper's learning
+    > rates away (a bf16 weight of magnitude 0.02 has a half-ulp of about 5e-5, HF_NOTES.md, Numerics), so the
+    > trainer uses Kahan-compensated AdamW (`torch-optimi`) instead and refuses optimisers that do not compensate.
     """
 
     # Parameters that control the model
@@ -67,9 +90,17 @@ class LaViTTrainingArguments(TrainingArguments):
     model_dtype: str = field(
         default="float32",
         metadata={
-            "help": "Dtype of the weights: `float32` (bf16/fp16 mixed precision autocasts over them, the reference "
-            "recipe) or `bfloat16` (half the weight and optimiser memory, less exact updates).",
+            "help": "Dtype of the weights: `float32` (bf16 mixed precision autocasts over them, the reference "
+            "recipe) or `bfloat16` (half the weight memory; trained with Kahan-compensated AdamW so that no update "
+            "is rounded away).",
             "choices": MODEL_DTYPES,
+        },
+    )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={
+            "help": "Attention implementation the student is loaded with (`sdpa`, `eager`, ...); unset: the "
+            "checkpoint's (`sdpa` for a converted Qwen2.5-VL)."
         },
     )
     freeze_vision: bool = field(
@@ -89,6 +120,45 @@ class LaViTTrainingArguments(TrainingArguments):
             "help": "Freeze the input embeddings and the LM head, the latent tokens' rows included (they keep their "
             "initialisation). For models whose vocabulary dwarfs the rest, such as the demo's tiny models (151k rows "
             "of width 128), where training those two matrices is most of each step's cost."
+        },
+    )
+
+    # Parameters that control LoRA / QLoRA (TRL's `ModelConfig` names)
+    use_peft: bool = field(
+        default=False,
+        metadata={
+            "help": "Train a LoRA adapter instead of the whole model: the two heads train in full, the latent-token "
+            "rows of the embeddings (and of an untied LM head) train, nothing else of the base moves."
+        },
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (the adapter is scaled by alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Module names (or one regular expression) the adapter wraps; unset: every linear projection of "
+            "the language model's decoder layers (q, k, v, o, gate, up, down), not the vision tower."
+        },
+    )
+    load_in_4bit: bool = field(
+        default=False, metadata={"help": "QLoRA: load the base in 4 bits (bitsandbytes, CUDA); needs use_peft."}
+    )
+    load_in_8bit: bool = field(
+        default=False, metadata={"help": "Load the base in 8 bits (bitsandbytes, CUDA); needs use_peft."}
+    )
+    bnb_4bit_quant_type: str = field(
+        default="nf4", metadata={"help": "4-bit quantisation type.", "choices": ["fp4", "nf4"]}
+    )
+    use_bnb_nested_quant: bool = field(
+        default=False, metadata={"help": "Quantise the 4-bit quantisation constants too (double quantisation)."}
+    )
+
+    license: str | None = field(
+        default=None,
+        metadata={
+            "help": "License of the trained model, for its card (a Hub license id); unset: the base model's license "
+            "when its card on disk has one, else `other`."
         },
     )
 
@@ -135,6 +205,22 @@ class LaViTTrainingArguments(TrainingArguments):
     max_pixels: int = field(
         default=4_194_304,
         metadata={"help": "Largest image area in pixels after resizing by the processor (reference: 4,194,304)."},
+    )
+
+    max_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Longest sample in tokens (image tokens included); unset: the student's position limit "
+            "(`max_position_embeddings`). Longer samples are never trained past it: see `long_samples`."
+        },
+    )
+    long_samples: str = field(
+        default="skip",
+        metadata={
+            "help": "`skip`: samples over `max_length` are left out, counted and logged with their ids; `error`: "
+            "the first one stops the run, naming it.",
+            "choices": LONG_SAMPLE_POLICIES,
+        },
     )
 
     # Parameters that control the training
@@ -193,6 +279,13 @@ class LaViTTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "bfloat16 mixed precision; unset: on where a CUDA device supports it."},
     )
+    torch_compile: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Compile each decoder layer and vision block in place; unset: on for a single-process or DDP "
+            "CUDA run (same numerics, faster steps), off otherwise."
+        },
+    )
     activation_checkpointing: bool | None = field(
         default=True,
         metadata={"help": "Activation (gradient) checkpointing, on by default (reference recipe)."},
@@ -219,9 +312,16 @@ class LaViTTrainingArguments(TrainingArguments):
     def __post_init__(self):
         if self.bf16 is None:
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-        super().__post_init__()
+        if self.torch_compile is None:
+            # FSDP and DeepSpeed wrap the blocks themselves: compiling under them is left to an explicit choice.
+            self.torch_compile = bool(
+                torch.cuda.is_available() and not self.use_cpu and not self.fsdp and not self.deepspeed
+            )
         self._check_choices()
         self._check_ranges()
+        self._check_peft()
+        self._resolve_schedule()
+        super().__post_init__()
         if self.remove_unused_columns:
             logger.warning("remove_unused_columns=True: LaViTTrainer keeps the columns its collator reads anyway.")
 
@@ -232,6 +332,7 @@ class LaViTTrainingArguments(TrainingArguments):
             ("vtop_source", VTOP_SOURCES),
             ("vtop_normalization", VTOP_NORMALIZATIONS),
             ("model_dtype", MODEL_DTYPES),
+            ("long_samples", LONG_SAMPLE_POLICIES),
         ):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {list(choices)}.")
@@ -241,6 +342,8 @@ class LaViTTrainingArguments(TrainingArguments):
             raise ValueError(f"num_latent_tokens must be at least 1, got {self.num_latent_tokens}.")
         if not 0 < self.min_pixels <= self.max_pixels:
             raise ValueError(f"Need 0 < min_pixels <= max_pixels, got {self.min_pixels} and {self.max_pixels}.")
+        if self.max_length is not None and self.max_length < 1:
+            raise ValueError(f"max_length must be at least 1, got {self.max_length}.")
         for stage in (1, 2):
             steps = getattr(self, f"stage{stage}_steps")
             warmup = getattr(self, f"stage{stage}_warmup_ratio")
@@ -255,6 +358,59 @@ class LaViTTrainingArguments(TrainingArguments):
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be non-negative, got {value}.")
 
+    def _check_peft(self) -> None:
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ValueError("Pass at most one of load_in_4bit and load_in_8bit.")
+        if (self.load_in_4bit or self.load_in_8bit) and not self.use_peft:
+            raise ValueError("A quantised base (load_in_4bit / load_in_8bit) cannot train in full: add --use_peft.")
+        if not self.use_peft:
+            return
+        if self.lora_r < 1 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
+            raise ValueError(
+                f"Need lora_r >= 1, lora_alpha > 0 and 0 <= lora_dropout < 1; got {self.lora_r}, {self.lora_alpha}, "
+                f"{self.lora_dropout}."
+            )
+        if self.freeze_llm or not self.freeze_vision:
+            raise ValueError(
+                "With use_peft the adapter decides what trains: freeze_vision and freeze_llm only apply to full "
+                "fine-tuning (name vision modules in lora_target_modules to adapt the tower)."
+            )
+
+    def _resolve_schedule(self) -> None:
+        """Refuse the step, learning-rate and warm-up fields the schedule would ignore (naming them), and give a
+        `stage1` or `stage2` run its stage's values."""
+        defaults = {item.name: item.default for item in dataclasses.fields(LaViTTrainingArguments)}
+        plain = (*PLAIN_SCHEDULE_FIELDS, "num_train_epochs")
+        if self.stage_schedule == "single":
+            ignored = [name for stage in (1, 2) for name in STAGE_SCHEDULE_FIELDS[stage]]
+        elif self.stage_schedule == "two_stage":
+            ignored = list(plain)
+        else:
+            stage = int(self.stage_schedule[-1])
+            ignored = [*STAGE_SCHEDULE_FIELDS[3 - stage], "num_train_epochs"]
+            # A stage run alone reads its stage's fields; the plain fields may only repeat them (as a two-stage run's
+            # per-stage arguments do).
+            ignored += [
+                name
+                for name, value in self.stage_overrides(stage).items()
+                if getattr(self, name) not in (defaults[name], value)
+            ]
+        ignored = [name for name in ignored if getattr(self, name) != defaults[name]]
+        if ignored:
+            reads = (
+                "max_steps (or num_train_epochs), learning_rate and warmup_steps"
+                if self.stage_schedule == "single"
+                else "stageN_steps, stageN_learning_rate and stageN_warmup_ratio of each stage it runs"
+            )
+            raise ValueError(
+                f"stage_schedule={self.stage_schedule!r} reads {reads}; it would ignore "
+                + ", ".join(f"{name}={getattr(self, name)!r}" for name in ignored)
+                + ": remove them (or pick the schedule that reads them)."
+            )
+        if self.stage_schedule in ("stage1", "stage2"):
+            for name, value in self.stage_overrides(int(self.stage_schedule[-1])).items():
+                setattr(self, name, value)
+
     def stage_overrides(self, stage: int) -> dict:
         """The `TrainingArguments` values of stage `stage` (1 or 2) of a staged schedule: steps, learning rate and a
         warm-up ratio of its own (METHOD.md section 3: 400 steps at 5e-6, warm-up 0.06; then 600 at 2e-6, 0.03)."""
@@ -265,4 +421,4 @@ class LaViTTrainingArguments(TrainingArguments):
         }
 
 
-__all__ = ["STAGE_SCHEDULES", "LaViTTrainingArguments"]
+__all__ = ["LONG_SAMPLE_POLICIES", "STAGE_SCHEDULES", "LaViTTrainingArguments"]

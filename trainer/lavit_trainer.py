@@ -1,7 +1,10 @@
 """`LaViTTrainer`: a `transformers.Trainer` for LaViT students (arXiv 2601.10129), laid out like TRL's trainers.
 
 Why `Trainer` and not TRL's `SFTTrainer`: `SFTTrainer` patches the model's forward with a fused LM head that calls the
-base model directly, bypassing our forward, the stage-1 mask and the two heads (HF_NOTES.md, Trainer).
+base model directly, bypassing our forward, the stage-1 mask and the two heads (HF_NOTES.md, Trainer). TRL is not a
+dependency at all: the LoRA flags keep the names of TRL's `ModelConfig`, but its helpers would put neither the heads
+in `modules_to_save` nor the latent rows in `trainable_token_indices`, nor keep the heads out of quantisation, so
+`trainer.lora` builds the PEFT and bitsandbytes configs.
 """
 
 import inspect
@@ -14,18 +17,22 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
 from torch import nn
-from transformers import PreTrainedModel, Trainer
+from transformers import PreTrainedModel, Trainer, TrainingArguments
 from transformers.dynamic_module_utils import get_relative_import_files
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from lavit_hf import schema
 from lavit_hf.attention import use_packed_vision_attention
 from lavit_hf.layout import set_pixel_limits
 from lavit_hf.losses import LOSS_TERMS, LOSS_WEIGHTS, ce_enters_loss, combine_losses, loss_weights
 
 from .collator import DataCollatorForLaViT, vtop_statistics
 from .configuration import LaViTTrainingArguments
+from .lora import base_model_of, is_peft_model, save_lavit_config, wrap_with_lora
 from .model_card import write_model_card
 
 
@@ -33,6 +40,11 @@ logger = logging.getLogger(__name__)
 
 # The model's training stage (`LaViTConfig.training_stage`) of each single-stage schedule.
 STAGE_OF_SCHEDULE = {"single": 0, "stage1": 1, "stage2": 2}
+# Optimisers that apply every update to bfloat16 weights (Kahan summation), and the plain AdamW the trainer replaces
+# by torch-optimi's compensated AdamW on such weights.
+COMPENSATED_OPTIMIZERS = ("stable_adamw",)
+PLAIN_ADAMW = ("adamw_torch", "adamw_torch_fused")
+LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 class LaViTTrainer(Trainer):
@@ -53,13 +65,17 @@ class LaViTTrainer(Trainer):
             LaViT datasets (`lavit_hf.schema`).
         processing_class (`ProcessorMixin`, *optional*):
             The student's processor; defaults to `model.processor`. Saved with every checkpoint.
+        peft_config (`peft.LoraConfig`, *optional*):
+            Train a LoRA adapter with this config (as TRL's trainers take it); `args.use_peft` builds one from the
+            `lora_*` fields. Either way the two heads train in full and the latent-token rows train
+            (`trainer.lora.lora_config`). A model that is already a `PeftModel` is trained as it is.
         stage_history (`list[dict]`, *optional*):
             Earlier stages of the same schedule (name, hyperparameters, `log_history`), shown in the model card.
         kwargs:
             Passed to `transformers.Trainer`.
     """
 
-    _tag_names = ["trl", "lavit", "latent-visual-reasoning", "qwen2_5_vl", "distillation"]
+    _tag_names = ["lavit", "latent-visual-reasoning", "qwen2_5_vl", "distillation"]
     _name = "LaViT"
     _paper = {
         "title": "Aligning Latent Visual Thoughts for Multi-modal Reasoning",
@@ -89,6 +105,7 @@ class LaViTTrainer(Trainer):
         eval_dataset=None,
         processing_class=None,
         stage_history: list[dict[str, Any]] | None = None,
+        peft_config=None,
         **kwargs,
     ):
         if not isinstance(args, LaViTTrainingArguments):
@@ -100,17 +117,33 @@ class LaViTTrainer(Trainer):
         processing_class = processing_class if processing_class is not None else getattr(model, "processor", None)
         if processing_class is None:
             raise ValueError("Pass the student's processor (processing_class) or attach it as model.processor.")
+        if not is_peft_model(model) and (args.use_peft or peft_config is not None):
+            model = wrap_with_lora(model, args, peft_config)
         self.configure_model(model, args)
         set_pixel_limits(processing_class, args.min_pixels, args.max_pixels)
+        config = base_model_of(model).config
+        self.max_length = args.max_length or config.get_text_config().max_position_embeddings
         if data_collator is None:
             data_collator = DataCollatorForLaViT(
                 processing_class,
-                num_latent_tokens=model.config.num_latent_tokens,
-                teacher_hidden_size=model.config.teacher_hidden_size,
+                num_latent_tokens=config.num_latent_tokens,
+                teacher_hidden_size=config.teacher_hidden_size,
                 trajectory_method=args.trajectory_method,
                 vtop_source=args.vtop_source,
                 vtop_statistics=vtop_statistics(train_dataset) if args.vtop_normalization == "standardize" else None,
+                max_length=self.max_length,
             )
+        self.skipped_long_samples = {}
+        self._train_lengths = None
+        if train_dataset is not None:
+            train_dataset, self._train_lengths = self._within_max_length(train_dataset, data_collator, "train", args)
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {
+                name: self._within_max_length(split, data_collator, f"eval {name}", args)[0]
+                for name, split in eval_dataset.items()
+            }
+        elif eval_dataset is not None:
+            eval_dataset = self._within_max_length(eval_dataset, data_collator, "eval", args)[0]
         if args.torch_compile:
             # Regional, in place (see `compile_repeated_blocks`); `_build_accelerator_args` keeps accelerate from
             # compiling the whole model on top.
@@ -130,9 +163,84 @@ class LaViTTrainer(Trainer):
         self.model_accepts_loss_kwargs = True
         self.model.add_model_tags(self._tag_names)
 
+    def _within_max_length(
+        self, dataset, collator: DataCollatorForLaViT, split: str, args: LaViTTrainingArguments
+    ) -> tuple[Any, list[int] | None]:
+        """`dataset` without the samples longer than `self.max_length` tokens (counted and logged with their ids, or
+        an error naming the first with `long_samples="error"`), and the token length of each sample kept."""
+        if not isinstance(dataset, datasets.Dataset):
+            return dataset, None  # streamed or custom data: the collator still refuses an over-long sample
+        lengths = collator.sample_lengths(dataset)
+        too_long = [index for index, length in enumerate(lengths) if length > self.max_length]
+        if not too_long:
+            return dataset, lengths
+        ids = too_long
+        if schema.ID in dataset.column_names:
+            ids = dataset.select_columns([schema.ID])[too_long][schema.ID]
+        details = ", ".join(
+            f"{sample!r} ({lengths[index]} tokens)" for sample, index in zip(ids[:10], too_long[:10], strict=True)
+        )
+        if args.long_samples == "error":
+            raise ValueError(
+                f"{split} dataset: {len(too_long)} sample(s) are longer than max_length={self.max_length} tokens "
+                f"(the student's positions unless max_length is set), first {details}; drop them from the data, or "
+                "pass --long_samples skip to leave them out."
+            )
+        logger.warning(
+            "%s dataset: left out %d of %d samples longer than max_length=%d tokens: %s%s",
+            split, len(too_long), len(lengths), self.max_length, details, " ..." if len(too_long) > 10 else "",
+        )  # fmt: skip
+        self.skipped_long_samples[split] = list(ids)
+        keep = sorted(set(range(len(lengths))) - set(too_long))
+        return dataset.select(keep), [lengths[index] for index in keep]
+
+    def _get_train_sampler(self, train_dataset=None) -> torch.utils.data.Sampler | None:
+        # Length-grouped batches from the token lengths computed for the max-length check (image size, pixel limits
+        # and text: no length column needed in the data), so that a batch of mixed image sizes pads little.
+        if (
+            self.args.train_sampling_strategy == "group_by_length"
+            and self._train_lengths is not None
+            and (train_dataset is None or train_dataset is self.train_dataset)
+        ):
+            batch_size = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return LengthGroupedSampler(batch_size, lengths=self._train_lengths)
+        return super()._get_train_sampler(train_dataset)
+
+    @staticmethod
+    def get_optimizer_cls_and_kwargs(args: TrainingArguments, model: nn.Module | None = None) -> tuple[Any, Any]:
+        """`Trainer`'s optimiser, except on trainable bfloat16 / float16 weights: there plain AdamW loses most
+        updates at the paper's learning rates to rounding (HF_NOTES.md, Numerics), so it becomes torch-optimi's
+        `AdamW(kahan_sum=True)` (same betas, epsilon, weight decay and schedule); `stable_adamw` (torch-optimi, Kahan
+        on low-precision weights) is kept; any other optimiser is refused."""
+        trainable = [] if model is None else [p for p in model.parameters() if p.requires_grad]
+        low_precision = any(p.dtype in LOW_PRECISION for p in trainable)
+        optim = str(getattr(args.optim, "value", args.optim))
+        if not low_precision or optim in COMPENSATED_OPTIMIZERS:
+            return Trainer.get_optimizer_cls_and_kwargs(args, model)
+        if optim not in PLAIN_ADAMW:
+            raise ValueError(
+                f"optim={optim!r} on bfloat16 weights would round most updates away at learning rates like the "
+                "paper's (a weight of magnitude 0.02 has a half-ulp of about 5e-5). Keep the default AdamW "
+                "(replaced by Kahan-compensated AdamW), use optim='stable_adamw', or train float32 weights "
+                "(model_dtype='float32')."
+            )
+        try:
+            from optimi import AdamW
+        except ImportError as error:
+            raise ImportError(
+                "bfloat16 weights train with Kahan-compensated AdamW from torch-optimi: pip install 'lavit-hf[bf16]' "
+                "(or train float32 weights: model_dtype='float32')."
+            ) from error
+        kwargs = {"lr": args.learning_rate, "betas": (args.adam_beta1, args.adam_beta2), "eps": args.adam_epsilon}
+        # Weight decay comes per parameter group from `create_optimizer`, as for every optimiser.
+        return AdamW, {**kwargs, "weight_decay": args.weight_decay, "kahan_sum": True}
+
     @staticmethod
     def configure_model(model: PreTrainedModel, args: LaViTTrainingArguments) -> None:
-        """Set the stage, resolve the loss switches between `args` and the model config, and freeze parts."""
+        """Set the stage, resolve the loss switches between `args` and the model config, and freeze parts (full
+        fine-tuning; under PEFT the adapter decides what trains and nothing is re-enabled)."""
+        peft = is_peft_model(model)
+        model = base_model_of(model)
         config = model.config
         if args.num_latent_tokens != config.num_latent_tokens:
             raise ValueError(
@@ -148,23 +256,23 @@ class LaViTTrainer(Trainer):
                 setattr(config, name, getattr(args, name))
         # The model's generation path needs the cache; training with a live cache breaks under FSDP checkpointing.
         config.use_cache = False
-        model.requires_grad_(True)
+        if not peft:
+            model.requires_grad_(True)
         # Speed only (same function): the vision tower's windowed attention as one sdpa call per layer instead of one
         # per window after a host sync (lavit_hf.attention.packed_sdpa_attention_forward); only "sdpa" is switched.
         use_packed_vision_attention(model)
-        if args.freeze_vision:
+        if args.freeze_vision and not peft:
             model.model.visual.requires_grad_(False)
-        if args.freeze_embeddings:
+        if args.freeze_embeddings and not peft:
             model.get_input_embeddings().requires_grad_(False)
             model.get_output_embeddings().requires_grad_(False)
-        if args.freeze_llm:
+        if args.freeze_llm and not peft:
             model.model.language_model.requires_grad_(False)
             model.lm_head.requires_grad_(False)
-        if config.training_stage == 1 and not config.ce_in_stage1:
-            if model.lm_head.weight is not model.get_input_embeddings().weight:
-                # CE is logged, not trained on: an untied LM head gets no gradient, which DDP without unused-parameter
-                # detection (the Trainer's choice under activation checkpointing) refuses at the next step.
-                model.lm_head.requires_grad_(False)
+        if config.training_stage == 1 and not config.ce_in_stage1 and not config.tie_word_embeddings:
+            # CE is logged, not trained on: an untied LM head (or its latent rows under PEFT) gets no gradient, which
+            # DDP without unused-parameter detection (the Trainer's choice under activation checkpointing) refuses.
+            model.lm_head.requires_grad_(False)
 
     def _build_accelerator_args(self, **kwargs) -> dict[str, Any]:
         args = super()._build_accelerator_args(**kwargs)
@@ -238,7 +346,11 @@ class LaViTTrainer(Trainer):
         super()._save(output_dir, state_dict)
         if self.args.should_save:
             output_dir = output_dir if output_dir is not None else self.args.output_dir
-            repair_remote_code(output_dir, self.accelerator.unwrap_model(self.model))
+            model = self.accelerator.unwrap_model(self.model)
+            if is_peft_model(model):
+                save_lavit_config(model, output_dir)  # the stage and loss weights, for the merge
+            else:
+                repair_remote_code(output_dir, model)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         # Differ from Trainer: `save_pretrained` writes Qwen2.5-VL's original key layout (`model.layers.*`,
@@ -246,9 +358,10 @@ class LaViTTrainer(Trainer):
         # `load_state_dict(strict=False)`. Every key then misses, with only a warning, and training "resumes" from the
         # current weights. Load through `from_pretrained`, which converts the layout, and insist on every key.
         # FSDP and DeepSpeed restore their own checkpoint formats: leave those to the Trainer.
-        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        # PEFT checkpoints hold the adapter in PEFT's own layout, which the Trainer loads (`load_adapter`).
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled or is_peft_model(target):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
         reference = next(target.parameters())
         loaded = _unswapped_class(type(target)).from_pretrained(resume_from_checkpoint, dtype=reference.dtype)
         target.load_state_dict(loaded.state_dict(), strict=True)
@@ -291,7 +404,7 @@ def compile_repeated_blocks(model: nn.Module, vision: bool = True, **compile_kwa
     the eager model; the image-text merge, the masks and the heads (host syncs, data-dependent shapes) stay eager
     rather than breaking a whole-model graph.
     """
-    inner = getattr(model, "module", model)  # a DDP-wrapped model
+    inner = base_model_of(getattr(model, "module", model))  # a DDP-wrapped model, a PeftModel
     blocks = list(inner.model.language_model.layers)
     if vision:
         blocks += list(inner.model.visual.blocks)

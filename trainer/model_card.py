@@ -1,12 +1,14 @@
 """The model card of a LaViT checkpoint, rendered from `model_card_template.md` (TRL's card pattern)."""
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import datasets
 import torch
 import transformers
+import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
 from lavit_hf.layout import latent_prefix
@@ -28,6 +30,7 @@ STAGE_TEXT = {
     "stage2": ("Stage 2: joint", "Causal attention and all three losses, from stage 1's weights."),
 }
 HYPERPARAMETERS = (
+    "model_dtype",
     "per_device_train_batch_size",
     "gradient_accumulation_steps",
     "weight_decay",
@@ -40,6 +43,8 @@ HYPERPARAMETERS = (
     "block_prompt",
     "ce_in_stage1",
     "num_latent_tokens",
+    "torch_compile",
+    "train_sampling_strategy",
     "seed",
 )
 
@@ -117,7 +122,10 @@ def write_model_card(trainer, model_name: str | None, dataset_name: str | None, 
     """Render the card of `trainer`'s model (its earlier stages included) into `output_dir/README.md`."""
     from lavit_hf import __version__ as lavit_version
 
-    args, config = trainer.args, trainer.accelerator.unwrap_model(trainer.model).config
+    from .lora import base_model_of, is_peft_model
+
+    args, model = trainer.args, trainer.accelerator.unwrap_model(trainer.model)
+    config = base_model_of(model).config
     records = [*trainer.stage_history, stage_record(trainer)]
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -125,16 +133,18 @@ def write_model_card(trainer, model_name: str | None, dataset_name: str | None, 
     base_model = args.model_name_or_path
     dataset_name = dataset_name or args.dataset_name_or_path
     hub_model_id = args.hub_model_id or model_name or output_dir.name
+    license_id = args.license or _base_license(base_model) or "other"
     stages = []
     for record in records:
         title, description = STAGE_TEXT[record["schedule"]]
         stages.append({**record, "title": title, "description": description, "curve": _curve(record["log_history"])})
     card_data = ModelCardData(
+        license=license_id,
         base_model=base_model if _is_hub_id(base_model) else None,
         datasets=[dataset_name] if _is_hub_id(dataset_name) else None,
-        library_name="transformers",
+        library_name="peft" if is_peft_model(model) else "transformers",
         pipeline_tag="image-text-to-text",
-        tags=sorted(set(tags)),
+        tags=sorted(set(tags) | ({"lora"} if is_peft_model(model) else set())),
         model_name=model_name,
     )
     card = ModelCard.from_template(
@@ -142,9 +152,9 @@ def write_model_card(trainer, model_name: str | None, dataset_name: str | None, 
         template_path=str(TEMPLATE_DIR / trainer._template_file),
         model_name=model_name or output_dir.name,
         hub_model_id=hub_model_id,
-        base_model=base_model,
+        base_model=_public_name(base_model),
         base_model_url=_url(base_model, "models"),
-        dataset_name=dataset_name,
+        dataset_name=_public_name(dataset_name),
         dataset_url=_url(dataset_name, "datasets"),
         trainer_name=type(trainer).__name__,
         paper_title=trainer._paper["title"],
@@ -157,10 +167,17 @@ def write_model_card(trainer, model_name: str | None, dataset_name: str | None, 
         teacher_hidden_size=config.teacher_hidden_size,
         min_pixels=args.min_pixels,
         max_pixels=args.max_pixels,
+        max_length=getattr(trainer, "max_length", None) or args.max_length,
+        skipped={split: len(ids) for split, ids in getattr(trainer, "skipped_long_samples", {}).items()},
+        lora=_lora_facts(model, args),
         stages=stages,
         loss_png=LOSS_PNG if has_png else None,
         hyperparameters=[(name, _fmt(getattr(args, name))) for name in HYPERPARAMETERS],
         eval_results=_eval_results(records[-1]["log_history"]),
+        license_text=(
+            f"`{license_id}`" + (" (the base model's)" if not args.license and license_id != "other" else "")
+            + ("" if license_id != "other" else ": not recorded; the base model's and the dataset's licenses apply.")
+        ),
         lavit_version=lavit_version,
         transformers_version=transformers.__version__,
         pytorch_version=torch.__version__,
@@ -171,15 +188,57 @@ def write_model_card(trainer, model_name: str | None, dataset_name: str | None, 
     return path
 
 
+def _lora_facts(model, args) -> dict[str, Any] | None:
+    """What the card says about a LoRA adapter, or `None` for a full model."""
+    from .lora import is_peft_model
+
+    if not is_peft_model(model):
+        return None
+    config = model.peft_config[model.active_adapter]
+    quantization = "4 bits" if args.load_in_4bit else "8 bits" if args.load_in_8bit else None
+    if quantization == "4 bits":
+        quantization += f" ({args.bnb_4bit_quant_type}{', double quantisation' if args.use_bnb_nested_quant else ''})"
+    targets = config.target_modules
+    return {
+        "base": _public_name(config.base_model_name_or_path),
+        "r": config.r,
+        "alpha": config.lora_alpha,
+        "dropout": config.lora_dropout,
+        "target_modules": targets if isinstance(targets, str) else ", ".join(sorted(targets)),
+        "tied": model.get_base_model().config.tie_word_embeddings,
+        "quantization": quantization,
+    }
+
+
+def _base_license(name: str | None) -> str | None:
+    """The `license` of the base model's own card, when it has one on disk (a local folder)."""
+    if not name or not (Path(name) / "README.md").is_file():
+        return None
+    try:
+        return ModelCard.load(Path(name) / "README.md").data.license
+    except (ValueError, yaml.YAMLError) as error:  # a README whose metadata block does not parse
+        logger.warning("No license read from %s/README.md: %s", name, error)
+        return None
+
+
 def _is_hub_id(name: str | None) -> bool:
     """A `namespace/name` Hub id, not a local path (the card metadata must not name a local folder)."""
-    return bool(name) and not Path(name).expanduser().exists() and name.count("/") == 1 and not name.startswith((".", "/"))
+    if not name or name.startswith((".", "/", "~")) or name.count("/") != 1:
+        return False
+    return not Path(name).expanduser().exists()
+
+
+def _public_name(name: str | os.PathLike | None) -> str | None:
+    """A Hub id as it is; a local folder by its name alone (a card never holds an absolute local path)."""
+    if not name:
+        return None
+    return str(name) if _is_hub_id(str(name)) else Path(name).expanduser().resolve().name
 
 
 def _url(name: str | None, kind: str) -> str:
-    if not name:
+    if not _is_hub_id(name):
         return ""
-    return f"https://huggingface.co/{'datasets/' if kind == 'datasets' else ''}{name}" if _is_hub_id(name) else name
+    return f"https://huggingface.co/{'datasets/' if kind == 'datasets' else ''}{name}"
 
 
 __all__ = ["plot_loss_curves", "stage_record", "write_model_card"]

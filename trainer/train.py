@@ -17,7 +17,9 @@ lavit train --config train.yaml --stage2_learning_rate 1e-6
 
 Outputs: a `single`, `stage1` or `stage2` run writes its checkpoints (`checkpoint-N/`) and final model to
 `output_dir`; a `two_stage` run writes stage 1 to `output_dir/stage1` and stage 2, the final model, to
-`output_dir/stage2`. Every checkpoint and final model holds the weights, config, processor, modeling code and card.
+`output_dir/stage2`. Every checkpoint and final model holds the weights, config, processor, modeling code and card;
+with `--use_peft` the adapter instead (see `trainer/lora.py`: base, loading, merge). A rerun never trains a finished
+stage again; `--resume_from_checkpoint true` resumes the newest complete checkpoint of the stage that runs.
 Multi-GPU runs: `accelerate launch --config_file trainer/accelerate_configs/<ddp|fsdp2|deepspeed_zero2|...>.yaml
 -m trainer.train ...` (see `trainer/accelerate_configs/README.md`).
 """
@@ -28,15 +30,23 @@ import gc
 import json
 import logging
 import os
+import re
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .configuration import LaViTTrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from .configuration import STAGE_SCHEDULE_FIELDS, LaViTTrainingArguments
 
 
 logger = logging.getLogger(__name__)
+
+TRAINER_STATE_NAME = "trainer_state.json"
+FINISHED_MESSAGE = "%s holds the finished run already: nothing to train (use another output_dir to train again)."
+
 
 def make_parser():
     """The `HfArgumentParser` of `LaViTTrainingArguments` (every `TrainingArguments` flag plus the LaViT ones)."""
@@ -57,43 +67,143 @@ def to_training_arguments(args: argparse.Namespace | LaViTTrainingArguments) -> 
     return LaViTTrainingArguments(**{key: value for key, value in values.items() if key in names})
 
 
-def load_student(path: str | os.PathLike, teacher_hidden_size: int | None, args: LaViTTrainingArguments):
-    """A LaViT student and its processor from `path`: a LaViT checkpoint as it is, a Qwen2.5-VL checkpoint converted
-    by `LaViTForConditionalGeneration.from_qwen2_5_vl` (K latent tokens, V_top head of the data's width).
+def model_type_of(path: str | os.PathLike) -> str | None:
+    """The `model_type` of the checkpoint folder (or Hub id) `path`."""
+    from transformers import PretrainedConfig
 
-    Weights are float32 (mixed precision autocasts over them, the reference recipe) unless `model_dtype` says
-    bfloat16; a V_top width that disagrees with the data is an error."""
+    return PretrainedConfig.get_config_dict(str(path))[0].get("model_type")
+
+
+def _kbit_device_map(args: LaViTTrainingArguments) -> dict[str, Any]:
+    """Where a quantised base is placed: this process's GPU (TRL's `get_kbit_device_map`), else the CPU."""
     import torch
-    from transformers import AutoProcessor, PretrainedConfig
+    from accelerate import PartialState
+
+    if torch.cuda.is_available() and not args.use_cpu:
+        return {"": PartialState().local_process_index}
+    return {"": "cpu"}
+
+
+def load_student(path: str | os.PathLike, teacher_hidden_size: int | None, args: LaViTTrainingArguments):
+    """A LaViT student and its processor from `path`: a LaViT checkpoint as it is, the checkpoint of a LoRA run with
+    its adapter (trainable, on its base), or a Qwen2.5-VL checkpoint converted into a student (K latent tokens, V_top
+    head of the data's width).
+
+    `model_dtype`, `attn_implementation` and the quantisation of `load_in_4bit` / `load_in_8bit` go into
+    `from_pretrained`. A V_top width that disagrees with the data is an error."""
+    import torch
+    from transformers import AutoProcessor
 
     from lavit_hf import LaViTForConditionalGeneration
 
-    model_type = PretrainedConfig.get_config_dict(str(path))[0].get("model_type")
-    if model_type == "lavit":
-        model = LaViTForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
+    from .lora import base_model_of, is_lora_checkpoint, load_lora_checkpoint, quantization_config
+
+    dtype = getattr(torch, args.model_dtype)
+    load_kwargs: dict[str, Any] = {"dtype": dtype}
+    if args.attn_implementation is not None:
+        load_kwargs["attn_implementation"] = args.attn_implementation
+    quantization = quantization_config(args)
+    if quantization is not None:
+        load_kwargs.update(quantization_config=quantization, device_map=_kbit_device_map(args))
+    model_type = None if is_lora_checkpoint(path) else model_type_of(path)
+    if model_type is None:
+        logger.info("%s is a LoRA checkpoint: training continues its adapter.", path)
+        model = load_lora_checkpoint(path, is_trainable=True, **load_kwargs)
+        processor = AutoProcessor.from_pretrained(path)
+    elif model_type == "lavit":
+        model = LaViTForConditionalGeneration.from_pretrained(path, **load_kwargs)
         processor = AutoProcessor.from_pretrained(path)
     elif model_type == "qwen2_5_vl":
-        model, processor = LaViTForConditionalGeneration.from_qwen2_5_vl(
-            path, num_latent_tokens=args.num_latent_tokens, teacher_hidden_size=teacher_hidden_size, seed=args.seed
-        )
+        if quantization is not None:
+            raise ValueError(
+                f"{path}: a Qwen2.5-VL checkpoint is converted at full precision; with use_peft `lavit train` "
+                "converts it into output_dir/base_model first and quantises that."
+            )
+        model, processor = LaViTForConditionalGeneration.from_qwen2_5_vl(path, num_latent_tokens=args.num_latent_tokens, teacher_hidden_size=teacher_hidden_size, seed=args.seed)  # noqa: E501  (one line: the conversion call)
+        # The conversion loads float32 with the checkpoint's attention: apply the loading options here.
+        model = model.to(dtype)
+        if args.attn_implementation is not None:
+            model.set_attn_implementation(args.attn_implementation)
     else:
-        raise ValueError(f"{path}: model_type {model_type!r}; expected a Qwen2.5-VL ('qwen2_5_vl') or LaViT checkpoint.")
-    if teacher_hidden_size is not None and model.config.teacher_hidden_size != teacher_hidden_size:
         raise ValueError(
-            f"{path}: its V_top head has width {model.config.teacher_hidden_size} but the dataset's teacher features "
+            f"{path}: model_type {model_type!r}; expected a Qwen2.5-VL ('qwen2_5_vl') or LaViT checkpoint."
+        )
+    base = base_model_of(model)
+    if teacher_hidden_size is not None and base.config.teacher_hidden_size != teacher_hidden_size:
+        raise ValueError(
+            f"{path}: its V_top head has width {base.config.teacher_hidden_size} but the dataset's teacher features "
             f"have {teacher_hidden_size}."
         )
-    model = model.to(dtype=getattr(torch, args.model_dtype))
-    model.processor = processor
+    base.processor = processor
     return model, processor
+
+
+def lora_base(args: LaViTTrainingArguments, teacher_hidden_size: int | None) -> str:
+    """The LaViT checkpoint a LoRA run's adapter sits on (`trainer/lora.py`): `model_name_or_path` when it is a
+    LaViT checkpoint (or a LoRA one), else its conversion, written once to `output_dir/base_model` (under a
+    temporary name, then renamed, so a kill never leaves a half-written base) and reused by a rerun."""
+    from accelerate import PartialState
+
+    from .lora import BASE_MODEL_FOLDER, is_lora_checkpoint
+
+    path = args.model_name_or_path
+    if is_lora_checkpoint(path) or model_type_of(path) == "lavit":
+        return path
+    folder = Path(args.output_dir) / BASE_MODEL_FOLDER
+    state = PartialState()
+    with state.main_process_first():
+        if state.is_main_process and not (folder / "config.json").is_file():
+            logger.info("Converting %s into the LaViT base of the adapter: %s", path, folder)
+            full = dataclasses.replace(args, use_peft=False, load_in_4bit=False, load_in_8bit=False)
+            model, _ = load_student(path, teacher_hidden_size, full)
+            partial = folder.with_name(folder.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            model.save_pretrained(partial)  # weights, config, processor and modeling code
+            partial.rename(folder)
+            del model
+            gc.collect()
+    config = json.loads((folder / "config.json").read_text())
+    expected = {"num_latent_tokens": args.num_latent_tokens, "teacher_hidden_size": teacher_hidden_size}
+    wrong = {key: config.get(key) for key, value in expected.items() if value is not None and config.get(key) != value}
+    if wrong:
+        raise ValueError(f"{folder} was converted with {wrong}, this run needs {expected}: use another output_dir.")
+    return str(folder)
+
+
+def teacher_hidden_size_of(dataset, name: str) -> int:
+    """D, the teacher's feature width: from the features when they fix it, else from the data (a `vtop` column
+    declared as a plain list); every row is then checked against it by the collator."""
+    from lavit_hf import schema
+
+    features = dataset.features
+    if schema.VTOP in features:
+        width = getattr(features[schema.VTOP], "length", None)
+        if width is None or width < 0:
+            if len(dataset) == 0:
+                raise ValueError(f"{name}: the dataset is empty.")
+            first = dataset[0]
+            width = len(first[schema.VTOP] if first[schema.VTOP] is not None else [])
+            logger.info(
+                "%s: column %r does not fix its width; D=%d read from its first row (%r).",
+                name, schema.VTOP, width, first.get(schema.ID),
+            )  # fmt: skip
+            where = f"column {schema.VTOP!r} of {name} (first row {first.get(schema.ID)!r})"
+        else:
+            where = f"column {schema.VTOP!r} of {name}"
+    elif schema.VTOP_TOKENS in features:
+        width = features[schema.VTOP_TOKENS].shape[1]
+        where = f"column {schema.VTOP_TOKENS!r} of {name}"
+    else:
+        raise ValueError(f"{name}: not a LaViT dataset: no {schema.VTOP!r} column among {list(features)}.")
+    if width is None or width < 1:
+        raise ValueError(f"{where}: the teacher's feature width must be positive, got {width}.")
+    return int(width)
 
 
 def load_datasets(args: LaViTTrainingArguments):
     """The training split and, with `eval_split`, the evaluation split; targets read as torch tensors (about 5x
     faster than nested lists, HF_NOTES.md) while the image and text columns stay Python objects."""
     from datasets import load_dataset
-
-    from lavit_hf import schema
 
     if args.dataset_name_or_path is None:
         raise ValueError("Pass --dataset_name_or_path (a LaViT dataset written by `lavit extract`).")
@@ -102,7 +212,7 @@ def load_datasets(args: LaViTTrainingArguments):
     if args.eval_split is not None:
         source = args.eval_dataset_name_or_path or args.dataset_name_or_path
         eval_dataset = with_target_format(load_dataset(source, split=args.eval_split))
-    return train_dataset, eval_dataset, schema.teacher_hidden_size_of(train_dataset.features)
+    return train_dataset, eval_dataset, teacher_hidden_size_of(train_dataset, f"{args.dataset_name_or_path} (train)")
 
 
 def with_target_format(dataset):
@@ -114,47 +224,98 @@ def with_target_format(dataset):
     return dataset.with_format("torch", columns=columns, output_all_columns=True)
 
 
-def _last_checkpoint(folder: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+def is_complete_checkpoint(folder: str | os.PathLike) -> bool:
+    """Whether the checkpoint `folder` was saved to the end: the Trainer writes `trainer_state.json` after the
+    weights, optimiser, scheduler and RNG states, so a readable one means a kill did not tear the checkpoint."""
+    try:
+        json.loads((Path(folder) / TRAINER_STATE_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return True
 
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
+    """The newest complete `checkpoint-N` of `folder` (incomplete ones are skipped with a warning), or `None`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    steps = {}
+    for path in folder.iterdir():
+        match = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", path.name)
+        if match and path.is_dir():
+            steps[int(match.group(1))] = path
+    for step in sorted(steps, reverse=True):
+        if is_complete_checkpoint(steps[step]):
+            return str(steps[step])
+        logger.warning("Skipping %s: incomplete (no %s; killed while saving?)", steps[step], TRAINER_STATE_NAME)
+    return None
 
 
-def _resolve_two_stage_resume(resume: str | bool | None, output_dir: Path) -> tuple[str | None, str | None]:
-    """Which stage a `two_stage` run resumes: `(stage-1 checkpoint, stage-2 checkpoint)`, at most one set.
+def finished_state(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The trainer state of the finished run (or stage) in `folder`, `None` if it did not finish: `_finish` writes
+    `trainer_state.json` at the top of the folder after the final model, and nothing else does."""
+    try:
+        return json.loads((Path(folder) / TRAINER_STATE_NAME).read_text())
+    except (OSError, ValueError):
+        return None
 
-    `True` (or "true") picks the latest checkpoint, of stage 2 if it has one, else of stage 1; a path resumes the
-    stage whose folder holds it."""
+
+def _resume_from(resume: str | bool | None, folder: Path) -> str | None:
+    """The checkpoint a run in `folder` resumes: none; for `True` (or "true") the newest complete one (none yet:
+    start from the beginning); or the complete checkpoint at the path given."""
     if resume in (None, False, "", "false", "False"):
-        return None, None
+        return None
     if resume in (True, "true", "True"):
-        stage2 = _last_checkpoint(output_dir / "stage2")
-        return (None, stage2) if stage2 else (_last_checkpoint(output_dir / "stage1"), None)
+        checkpoint = last_complete_checkpoint(folder)
+        if checkpoint is None:
+            logger.info("No complete checkpoint in %s yet: training starts from the beginning.", folder)
+        return checkpoint
+    if not is_complete_checkpoint(resume):
+        raise ValueError(
+            f"resume_from_checkpoint {resume}: not a complete checkpoint (no readable {TRAINER_STATE_NAME}; killed "
+            "while saving?). Pass --resume_from_checkpoint true to take the newest complete one."
+        )
+    return str(resume)
+
+
+def _two_stage_resume(resume: str | bool | None, output_dir: Path, stage1_done: bool) -> tuple[str | None, str | None]:
+    """`(stage-1 checkpoint, stage-2 checkpoint)` a `two_stage` run resumes, at most one set: `True` resumes the
+    stage that runs (stage 2 once stage 1 finished); a path resumes the stage whose folder holds it."""
+    stage1, stage2 = output_dir / "stage1", output_dir / "stage2"
+    if resume in (None, False, "", "false", "False", True, "true", "True"):
+        return (None, _resume_from(resume, stage2)) if stage1_done else (_resume_from(resume, stage1), None)
     parent = Path(resume).resolve().parent
-    if parent == (output_dir / "stage2").resolve():
-        return None, str(resume)
-    if parent == (output_dir / "stage1").resolve():
-        return str(resume), None
-    raise ValueError(f"resume_from_checkpoint {resume}: a two-stage run resumes a checkpoint of {output_dir}/stage1 or /stage2.")
+    if parent == stage2.resolve() and stage1_done:
+        return None, _resume_from(resume, stage2)
+    if parent == stage1.resolve() and not stage1_done:
+        return _resume_from(resume, stage1), None
+    raise ValueError(
+        f"resume_from_checkpoint {resume}: this two-stage run "
+        + ("has finished stage 1, so it resumes a checkpoint of " + str(stage2) if stage1_done else
+           "is in stage 1, so it resumes a checkpoint of " + str(stage1))
+        + " (or pass true for the newest complete one)."
+    )
 
 
 def _stage_args(args: LaViTTrainingArguments, stage: int) -> LaViTTrainingArguments:
     """Arguments of stage `stage` of a two-stage run: its own folder, steps, learning rate and warm-up (a fresh
     optimiser and scheduler come with the fresh trainer); only the final stage pushes to the Hub."""
+    defaults = {item.name: item.default for item in dataclasses.fields(LaViTTrainingArguments)}
     return dataclasses.replace(
         args,
         stage_schedule=f"stage{stage}",
         output_dir=os.path.join(args.output_dir, f"stage{stage}"),
         push_to_hub=args.push_to_hub and stage == 2,
         resume_from_checkpoint=None,
+        # The other stage's settings are not this stage's (they stay in the two-stage arguments).
+        **{name: defaults[name] for name in STAGE_SCHEDULE_FIELDS[3 - stage]},
         **args.stage_overrides(stage),
     )
 
 
 def _recorded_stage(folder: Path, stage_args: LaViTTrainingArguments) -> dict[str, Any]:
     """The card's record of a finished stage read back from its folder (when a resumed run skips it)."""
-    state_file = folder / "trainer_state.json"
-    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    state = finished_state(folder) or {}
     return {
         "schedule": stage_args.stage_schedule,
         "steps": state.get("global_step", stage_args.max_steps),
@@ -168,13 +329,20 @@ def _recorded_stage(folder: Path, stage_args: LaViTTrainingArguments) -> dict[st
 
 
 def _finish(trainer) -> None:
-    """Save the final model, trainer state and card into the trainer's `output_dir`."""
+    """Save the final model, card and trainer state into the trainer's `output_dir`; the state goes last, since
+    its presence marks the run (or stage) as finished (`finished_state`)."""
     trainer.save_model()
-    trainer.save_state()
     trainer.create_model_card(model_name=Path(trainer.args.output_dir).name)
+    trainer.save_state()
     # Only the main process writes, and `save_model` has no barrier: without this one the other processes of a
     # two-stage run would load stage 1's folder for stage 2 before (or while) it is written.
     trainer.accelerator.wait_for_everyone()
+
+
+def finished_run(args: LaViTTrainingArguments) -> Path | None:
+    """The folder of the final model when the run `args` describes has finished already, else `None`."""
+    final = Path(args.output_dir) / ("stage2" if args.stage_schedule == "two_stage" else "")
+    return final if finished_state(final) is not None else None
 
 
 def run_schedule(
@@ -184,52 +352,74 @@ def run_schedule(
     eval_dataset=None,
     processing_class=None,
     resume_from_checkpoint: str | bool | None = None,
+    peft_config=None,
     **trainer_kwargs,
 ):
-    """Train `model` by `args.stage_schedule` and return the last stage's `LaViTTrainer` (its model is the result).
+    """Train `model` by `args.stage_schedule` and return the last stage's `LaViTTrainer` (its model is the result),
+    or `None` when the run had finished already (nothing is trained or written again).
 
     `single`, `stage1` and `stage2` run one trainer in `output_dir`. `two_stage` runs stage 1 (the bottleneck) in
     `output_dir/stage1` for `stage1_steps` at `stage1_learning_rate` with `stage1_warmup_ratio`, saves it, then stage
-    2 (joint) in `output_dir/stage2` from stage 1's saved weights, with a fresh optimiser and scheduler and its own
-    steps, learning rate and warm-up. Each stage saves its final model and card."""
+    2 (joint) in `output_dir/stage2` from stage 1's saved weights (under LoRA: stage 1's adapter, trained on), with a
+    fresh optimiser and scheduler and its own steps, learning rate and warm-up. Each stage saves its final model and
+    card. A finished stage is never trained again: a rerun (or `resume_from_checkpoint`) goes on with the stage
+    that did not finish, from its newest complete checkpoint when resuming."""
     import torch
 
     from .lavit_trainer import LaViTTrainer
+    from .lora import is_peft_model
     from .model_card import stage_record
 
+    done = finished_run(args)
+    if done is not None:
+        logger.warning(FINISHED_MESSAGE, done)
+        return None
+    output_dir = Path(args.output_dir)
     if args.stage_schedule != "two_stage":
-        trainer = LaViTTrainer(model, args, None, train_dataset, eval_dataset, processing_class, **trainer_kwargs)
-        trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+        trainer = LaViTTrainer(
+            model, args, None, train_dataset, eval_dataset, processing_class, peft_config=peft_config, **trainer_kwargs
+        )
+        trainer.train(resume_from_checkpoint=_resume_from(resume_from_checkpoint, output_dir))
         _finish(trainer)
         return trainer
-    output_dir = Path(args.output_dir)
-    resume1, resume2 = _resolve_two_stage_resume(resume_from_checkpoint, output_dir)
     stage1_args, stage2_args = _stage_args(args, 1), _stage_args(args, 2)
-    if resume2 is None:
-        trainer = LaViTTrainer(model, stage1_args, None, train_dataset, eval_dataset, processing_class, **trainer_kwargs)
+    stage1_done = finished_state(output_dir / "stage1") is not None
+    resume1, resume2 = _two_stage_resume(resume_from_checkpoint, output_dir, stage1_done)
+    lora = peft_config is not None or args.use_peft or is_peft_model(model)
+    if stage1_done:
+        logger.warning("Stage 1 finished already in %s: it is not trained again.", output_dir / "stage1")
+        history = [_recorded_stage(output_dir / "stage1", stage1_args)]
+    else:
+        trainer = LaViTTrainer(
+            model, stage1_args, None, train_dataset, eval_dataset, processing_class, peft_config=peft_config,
+            **trainer_kwargs,
+        )  # fmt: skip
         trainer.train(resume_from_checkpoint=resume1)
         _finish(trainer)
         history = [stage_record(trainer)]
         del trainer
-    else:
-        history = [_recorded_stage(output_dir / "stage1", stage1_args)]
     del model
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    # Stage 2 starts from stage 1's saved weights (also right under FSDP / DeepSpeed, where the live model is sharded).
+    # Stage 2 starts from stage 1's saved weights (also right under FSDP / DeepSpeed, where the live model is sharded);
+    # under LoRA from stage 1's adapter on the same base.
     stage2_model, stage2_processor = load_student(output_dir / "stage1", None, stage2_args)
+    if lora and not is_peft_model(stage2_model):
+        raise ValueError(f"{output_dir / 'stage1'} holds a full model, but this run trains a LoRA adapter.")
     trainer = LaViTTrainer(
         stage2_model, stage2_args, None, train_dataset, eval_dataset, stage2_processor, stage_history=history,
         **trainer_kwargs,
-    )
+    )  # fmt: skip
     trainer.train(resume_from_checkpoint=resume2)
     _finish(trainer)
     return trainer
 
 
-def main(args: argparse.Namespace | LaViTTrainingArguments | None = None) -> None:
-    """Load the dataset and the student, train by the schedule, save, and push with `--push_to_hub`."""
+def main(args: argparse.Namespace | LaViTTrainingArguments | None = None, peft_config=None) -> None:
+    """Load the dataset and the student, train by the schedule, save, and push with `--push_to_hub`.
+
+    `peft_config` (a `peft.LoraConfig`) trains an adapter with it, as `--use_peft` does with the `lora_*` flags."""
     if args is None:
         from lavit_hf.arguments import parse_with_config
 
@@ -237,11 +427,19 @@ def main(args: argparse.Namespace | LaViTTrainingArguments | None = None) -> Non
     args = to_training_arguments(args)
     if args.model_name_or_path is None:
         raise ValueError("Pass --model_name_or_path (a Qwen2.5-VL or LaViT checkpoint folder).")
+    done = finished_run(args)
+    if done is not None:
+        logger.warning(FINISHED_MESSAGE, done)
+        return
     train_dataset, eval_dataset, teacher_hidden_size = load_datasets(args)
-    model, processor = load_student(args.model_name_or_path, teacher_hidden_size, args)
+    path = args.model_name_or_path
+    if args.use_peft or peft_config is not None:
+        path = lora_base(args, teacher_hidden_size)
+    model, processor = load_student(path, teacher_hidden_size, args)
     trainer = run_schedule(
-        model, args, train_dataset, eval_dataset, processor, resume_from_checkpoint=args.resume_from_checkpoint
-    )
+        model, args, train_dataset, eval_dataset, processor, resume_from_checkpoint=args.resume_from_checkpoint,
+        peft_config=peft_config,
+    )  # fmt: skip
     if eval_dataset is not None:
         trainer.evaluate()
         trainer.create_model_card(model_name=Path(trainer.args.output_dir).name)
@@ -262,4 +460,17 @@ if __name__ == "__main__":
     cli()
 
 
-__all__ = ["load_datasets", "load_student", "main", "make_parser", "run_schedule", "to_training_arguments"]
+__all__ = [
+    "finished_run",
+    "is_complete_checkpoint",
+    "last_complete_checkpoint",
+    "load_datasets",
+    "load_student",
+    "lora_base",
+    "main",
+    "make_parser",
+    "run_schedule",
+    "teacher_hidden_size_of",
+    "to_training_arguments",
+    "with_target_format",
+]
