@@ -265,7 +265,7 @@ def profile(args, dtype) -> None:
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
 
     from lavit_hf import add_latent_tokens, build_qwen2_5_vl_processor
-    from lavit_hf.modeling_lavit import PACKED_VISION_ATTENTION
+    from lavit_hf.attention import PACKED_VISION_ATTENTION
 
     device, on_cuda = args.device, args.device.startswith("cuda")  # CPU: a smoke run of this code
     processor = build_qwen2_5_vl_processor(min_pixels=56 * 56, max_pixels=4_194_304)

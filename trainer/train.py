@@ -58,26 +58,24 @@ def to_training_arguments(args: argparse.Namespace | LaViTTrainingArguments) -> 
 
 
 def load_student(path: str | os.PathLike, teacher_hidden_size: int | None, args: LaViTTrainingArguments):
-    """A LaViT student and its processor from `path`: a LaViT checkpoint as it is, a Qwen2.5-VL checkpoint converted
-    by `LaViTForConditionalGeneration.from_qwen2_5_vl` (K latent tokens, V_top head of the data's width).
+    """A LaViT student and its processor from `path`: a LaViT checkpoint as it is, a base checkpoint of any supported
+    family converted by `lavit_hf.lavit_from_base` (K latent tokens, V_top head of the data's width).
 
     Weights are float32 (mixed precision autocasts over them, the reference recipe) unless `model_dtype` says
     bfloat16; a V_top width that disagrees with the data is an error."""
     import torch
-    from transformers import AutoProcessor, PretrainedConfig
+    from transformers import AutoModelForImageTextToText, AutoProcessor, PretrainedConfig
 
-    from lavit_hf import LaViTForConditionalGeneration
+    from lavit_hf import STUDENT_FAMILIES, lavit_from_base
 
     model_type = PretrainedConfig.get_config_dict(str(path))[0].get("model_type")
-    if model_type == "lavit":
-        model = LaViTForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
+    if model_type in {family.model_type for family in STUDENT_FAMILIES.values()}:
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
         processor = AutoProcessor.from_pretrained(path)
-    elif model_type == "qwen2_5_vl":
-        model, processor = LaViTForConditionalGeneration.from_qwen2_5_vl(
+    else:  # any supported base family; others are refused by name
+        model, processor = lavit_from_base(
             path, num_latent_tokens=args.num_latent_tokens, teacher_hidden_size=teacher_hidden_size, seed=args.seed
         )
-    else:
-        raise ValueError(f"{path}: model_type {model_type!r}; expected a Qwen2.5-VL ('qwen2_5_vl') or LaViT checkpoint.")
     if teacher_hidden_size is not None and model.config.teacher_hidden_size != teacher_hidden_size:
         raise ValueError(
             f"{path}: its V_top head has width {model.config.teacher_hidden_size} but the dataset's teacher features "
