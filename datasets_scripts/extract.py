@@ -40,12 +40,14 @@ from .card import write_card, write_manifest
 from .sources import ColumnNames, SourceRecord, image_bytes, load_image, read_source
 from .teacher import (
     STEP_SPLITS,
+    TEACHER_FAMILIES,
     TRAJECTORY_METHODS,
     ExtractionSettings,
     GenerationSettings,
     TeacherError,
     TeacherExtractor,
     TeacherOutput,
+    teacher_family,
 )
 from .writer import (
     FAILURES_FILE,
@@ -88,7 +90,8 @@ def make_parser() -> argparse.ArgumentParser:
                      "the record's index)")
     src.add_argument("--limit", type=int, default=None, help="only the first N records of the source")
     teacher = parser.add_argument_group("teacher")
-    teacher.add_argument("--teacher", help="local Qwen2.5-VL checkpoint folder (model and processor)")
+    teacher.add_argument("--teacher", help="local checkpoint folder (model and processor) of a supported teacher "
+                         f"family: {', '.join(TEACHER_FAMILIES)}")
     teacher.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu; the "
                          "process's GPU under accelerate launch)")
     teacher.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
@@ -152,9 +155,15 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def load_teacher(path: str, device: str, dtype: str, min_pixels: int | None, max_pixels: int | None):
-    """A local Qwen2.5-VL checkpoint under `sdpa`, and its processor with optional pixel-limit overrides."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    """A local checkpoint of a supported teacher family under `sdpa`, and its processor with optional pixel-limit
+    overrides (dynamic-resolution families only)."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
+    # Refuses, by name and with the reason, a family without one known image-token grid before loading any weight.
+    family = teacher_family(AutoConfig.from_pretrained(path).model_type)
+    if (min_pixels is not None or max_pixels is not None) and not family.dynamic_resolution:
+        raise ValueError(f"{path}: a {family.name} teacher resizes every image to one size; --min-pixels and "
+                         "--max-pixels do not apply.")
     processor = AutoProcessor.from_pretrained(path)
     size = dict(processor.image_processor.size.items()) if hasattr(processor.image_processor.size, "items") else {}
     if min_pixels is not None or max_pixels is not None:
@@ -166,10 +175,9 @@ def load_teacher(path: str, device: str, dtype: str, min_pixels: int | None, max
     if dtype == "auto":
         dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, dtype), attn_implementation="sdpa")
-    if not hasattr(getattr(model, "model", None), "language_model"):
-        raise ValueError(f"{path}: expected a Qwen2.5-VL checkpoint, got {type(model).__name__}.")
-    # Speed only: the vision tower's windows in one sdpa call per layer instead of a Python loop over windows.
-    use_packed_vision_attention(model)
+    if family.packed_vision:
+        # Speed only: the vision tower's windows in one sdpa call per layer instead of a Python loop over windows.
+        use_packed_vision_attention(model)
     return model.to(device), processor
 
 
@@ -226,6 +234,7 @@ def build_row(record: SourceRecord, image_size: tuple[int, int], out: TeacherOut
         schema.BBOX: record.bbox,
         schema.TEACHER_RESPONSE: out.response,
         schema.TEACHER_RESPONSE_STEPS: out.steps,
+        schema.TEACHER_FAMILY: out.family,
         schema.TEACHER_GRID: list(out.grid),
         schema.VTOP: out.vtop_tokens.mean(0).tolist(),
         schema.TRAJECTORY_LAYERS: out.layers if "attention" in settings.methods else [],
@@ -234,11 +243,9 @@ def build_row(record: SourceRecord, image_size: tuple[int, int], out: TeacherOut
     }
     if settings.token_features:
         row[schema.VTOP_TOKENS] = out.vtop_tokens.half().numpy()
-    steps_columns = {"attention": schema.TRAJECTORY_STEPS_ATTENTION, "gradient": schema.TRAJECTORY_STEPS_GRADIENT}
-    for method, column in schema.TRAJECTORY_COLUMNS.items():
-        if method in settings.methods:
-            row[column] = out.trajectories[method].tolist()
-            row[steps_columns[method]] = out.step_trajectories[method].tolist()
+    for method in settings.methods:
+        row[schema.trajectory_column(method)] = out.trajectories[method].tolist()
+        row[schema.trajectory_steps_column(method)] = out.step_trajectories[method].tolist()
     return row
 
 

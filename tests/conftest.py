@@ -14,9 +14,11 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tiny models on a few shared cores (xdist runs one test process per core): one intra-op thread per process is several
 # times faster than oversubscribed ones (a tiny student's forward: 0.05 s against 0.46 s with two threads under load).
+# Set for the subprocesses too, whose results some tests compare bit for bit with in-process ones.
 if "OMP_NUM_THREADS" not in os.environ:
     import torch
 
+    os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -6,11 +6,12 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
+from lavit_hf.schema import trajectory_column
+
 
 logger = logging.getLogger(__name__)
 
 STAGE_SCHEDULES = ("single", "two_stage", "stage1", "stage2")
-TRAJECTORY_METHODS = ("attention", "gradient")
 VTOP_SOURCES = ("pooled", "tokens")
 MODEL_DTYPES = ("float32", "bfloat16")
 
@@ -95,7 +96,10 @@ class LaViTTrainingArguments(TrainingArguments):
     )
     trajectory_method: str = field(
         default="attention",
-        metadata={"help": "Which teacher trajectory column trains the trajectory head.", "choices": TRAJECTORY_METHODS},
+        metadata={
+            "help": "Which teacher trajectory trains the trajectory head: a method the dataset holds (its "
+            "`trajectory_<method>` column, e.g. attention or gradient)."
+        },
     )
     vtop_source: str = field(
         default="pooled",
@@ -205,12 +209,13 @@ class LaViTTrainingArguments(TrainingArguments):
     def _check_choices(self) -> None:
         for name, choices in (
             ("stage_schedule", STAGE_SCHEDULES),
-            ("trajectory_method", TRAJECTORY_METHODS),
             ("vtop_source", VTOP_SOURCES),
             ("model_dtype", MODEL_DTYPES),
         ):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {list(choices)}.")
+        # Any method name a dataset can hold; the collator checks that the dataset holds it.
+        trajectory_column(self.trajectory_method)
 
     def _check_ranges(self) -> None:
         if self.num_latent_tokens < 1:

@@ -107,7 +107,8 @@ def with_target_format(dataset):
     """`dataset` with its numeric teacher-target columns formatted as torch tensors, the others left as they are."""
     from lavit_hf import schema
 
-    numeric = [schema.TEACHER_GRID, schema.VTOP, schema.VTOP_TOKENS, *schema.TRAJECTORY_COLUMNS.values()]
+    trajectories = [schema.trajectory_column(method) for method in schema.trajectory_methods(dataset.column_names)]
+    numeric = [schema.TEACHER_GRID, schema.VTOP, schema.VTOP_TOKENS, *trajectories]
     columns = [name for name in numeric if name in dataset.column_names]
     return dataset.with_format("torch", columns=columns, output_all_columns=True)
 
