@@ -54,8 +54,9 @@ class LaViTTrainingArguments(TrainingArguments):
     model_name_or_path: str | None = field(
         default=None,
         metadata={
-            "help": "A Qwen2.5-VL checkpoint folder (converted to a LaViT student with `from_qwen2_5_vl`) or a LaViT "
-            "checkpoint (for example stage 1's output, to run stage 2 alone)."
+            "help": "A base checkpoint folder of a supported family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL; converted to a "
+            "LaViT student by `lavit_hf.lavit_from_base`) or a LaViT checkpoint (for example stage 1's output, to run "
+            "stage 2 alone)."
         },
     )
     num_latent_tokens: int = field(
