@@ -33,10 +33,13 @@ def bottleneck_mask_function(
 
     so the answer (everything after the latent tokens) never sees the image, the text between the image and the
     latent tokens sees it only without `block_prompt`, and the latent tokens always do. Causality and padding are
-    ANDed in by `create_causal_mask`.
+    ANDed in by `create_causal_mask`. A key index past the tokens (a static cache's empty slots) is read at the last
+    token: causality masks those keys anyway.
     """
+    last = is_image.shape[1] - 1
 
     def inner_mask(batch_idx, head_idx, q_idx, kv_idx):
+        kv_idx = kv_idx.clamp(max=last)
         allowed = ~is_image[batch_idx, kv_idx] | is_image[batch_idx, q_idx] | is_latent[batch_idx, q_idx]
         if not block_prompt:
             allowed = allowed | (q_idx < first_latent[batch_idx])
@@ -46,10 +49,12 @@ def bottleneck_mask_function(
 
 
 def latent_key_mask_function(is_latent: torch.Tensor) -> Callable:
-    """The `mask_latent` diagnostic: `NOT latent[b, kv] OR q == kv`, no later position attends to a latent token."""
+    """The `mask_latent` diagnostic: `NOT latent[b, kv] OR q == kv`, no later position attends to a latent token (key
+    indices past the tokens are read as in `bottleneck_mask_function`)."""
+    last = is_latent.shape[1] - 1
 
     def inner_mask(batch_idx, head_idx, q_idx, kv_idx):
-        return ~is_latent[batch_idx, kv_idx] | (q_idx == kv_idx)
+        return ~is_latent[batch_idx, kv_idx.clamp(max=last)] | (q_idx == kv_idx)
 
     return inner_mask
 

@@ -184,7 +184,13 @@ class LaViTModelMixin:
         mask_function = None if token_ids is None else self.lavit_mask_function(token_ids, mask_latent)
         if mask_function is None and (self.config.training_stage == 1 or mask_latent):
             raise ValueError("Stage 1 and mask_latent locate image and latent tokens from input_ids: pass input_ids.")
-        if mask_function is not None and not is_prepared_mask(attention_mask):
+        if mask_function is not None and is_prepared_mask(attention_mask):
+            # Generation with a static (compileable) cache hands the model one; it could not carry the rule.
+            raise ValueError(
+                "Stage 1 and mask_latent build their own mask from the 2-D padding mask, but a prepared (4-D or "
+                "per-layer) attention mask was given; pass the 2-D mask (generate with the default dynamic cache)."
+            )
+        if mask_function is not None:
             reference = inputs_embeds if inputs_embeds is not None else input_ids
             dtype = inputs_embeds.dtype if inputs_embeds is not None else self.get_input_embeddings().weight.dtype
             if position_ids is None:

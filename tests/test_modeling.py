@@ -249,6 +249,19 @@ def test_generation_with_cache_follows_the_mask_rules(student, stage):
     assert torch.equal(generated, ids)
 
 
+def test_a_prepared_mask_cannot_carry_the_rules(qwen2_5):
+    """A static cache makes `generate` hand the model a prepared 4-D mask at each decoding step: refused in stage 1
+    (never a silent plain causal mask)."""
+    model, _ = qwen2_5
+    model = staged(model, 1, "sdpa")
+    processor = model.processor
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True) + "<lvr1><lvr2><lvr3><lvr4>"
+    inputs = processor(text=[prompt], images=[SAMPLES[0][2]], return_tensors="pt")
+    with torch.no_grad(), pytest.raises(ValueError, match="a prepared .* attention mask was given"):
+        model.generate(**inputs, max_new_tokens=2, do_sample=False, cache_implementation="static")
+
+
 # --- the heads and their losses -----------------------------------------------------------------------------------
 
 
