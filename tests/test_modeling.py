@@ -132,6 +132,21 @@ def test_no_target_forward_is_exactly_the_family(student, inputs, stage):
     assert torch.equal(logits(model, inputs), logits(base, inputs))
 
 
+def test_the_base_model_is_built_once(student, monkeypatch):
+    model, _ = student
+    base_class = family_class(model.model)
+    built = []
+    original = base_class.__init__
+
+    def counted(self, *args, **kwargs):
+        built.append(type(self).__name__)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(base_class, "__init__", counted)
+    type(model)(model.config)
+    assert built == [type(model.model).__name__]
+
+
 # --- the stage-1 bottleneck ---------------------------------------------------------------------------------------
 
 
