@@ -1,7 +1,8 @@
 """Benchmark of teacher extraction (project issue 3): attention trajectory + V_top, ours against the reference method.
 
-- **ours**: one `sdpa` forward of the base model (no LM head); forward pre-hooks on the last 8 layers compute the
-  response rows' attention from their queries and keys; V_top comes from a hook on the last decoder layer.
+- **ours**: one `sdpa` forward of the base model (no LM head) whose text attention runs through the capturing sdpa
+  (`datasets_scripts.teacher.capturing_sdpa_attention`): on the last 8 layers it scores the response rows against the
+  queries and keys the attention receives; V_top comes from a hook on the last decoder layer.
 - **reference** (the LaViT reference extractor's method): the teacher under `eager` attention, one forward with
   `output_attentions=True` (every layer's `[heads, S, S]` weights, and the LM head) for the trajectory, then a second
   forward with `output_hidden_states=True` for V_top.
@@ -12,6 +13,7 @@ generation is reported separately: batched (left padding) against one prompt at 
 
 Examples:
     python bench/extraction.py --shape tiny --device cpu            # smoke test, under a minute
+    python bench/extraction.py --shape tiny --device cpu --family gemma3   # any tiny teacher family
     python bench/extraction.py --shape 7b --device cuda --tokens 2000   # Qwen2.5-VL-7B shape, random bf16 weights
 """
 
@@ -31,8 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from shapes import shape_config  # noqa: E402
 
-from datasets_scripts.teacher import ExtractionSettings, GenerationSettings, TeacherExtractor, normalise
-from lavit_hf import build_qwen2_5_vl_processor, build_tiny_qwen2_5_vl
+from datasets_scripts.teacher import (  # noqa: E402
+    TEACHER_FAMILIES,
+    ExtractionSettings,
+    GenerationSettings,
+    TeacherExtractor,
+    normalise,
+)
+from lavit_hf import build_qwen2_5_vl_processor, build_tiny_base
 from lavit_hf.attention import use_packed_vision_attention
 
 
@@ -42,11 +50,13 @@ QUESTION = "Which object is closest to the red car, and what colour is it? Expla
 SENTENCE = "The red car is parked near the left edge of the street, and the closest object to it is a blue bicycle. "
 
 
-def build_teacher(shape: str, device: str, image_side: int):
+def build_teacher(shape: str, device: str, image_side: int, family: str = "qwen2_5_vl"):
     pixels = image_side * image_side
     if shape == "tiny":
-        model, processor = build_tiny_qwen2_5_vl(seed=0, min_pixels=56 * 56, max_pixels=pixels)
+        model, processor = build_tiny_base(family, seed=0, min_pixels=56 * 56, max_pixels=pixels)
         return model.to(device), processor
+    if family != "qwen2_5_vl":
+        raise ValueError(f"--shape {shape} is a Qwen2.5-VL shape; --family {family} runs at --shape tiny.")
     processor = build_qwen2_5_vl_processor(min_pixels=56 * 56, max_pixels=pixels)
     # 152,064 rows as in the checkpoint (the tokenizer has fewer; the extra rows are the checkpoint's spare ones)
     config = Qwen2_5_VLConfig(**shape_config("7b", max(152_064, len(processor.tokenizer))))
@@ -111,7 +121,8 @@ def bench_extraction(args, model, processor, image, response, meter):
     positions = sample.image_positions.to(extractor.device)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     # Ours runs the teacher as `lavit extract` loads it: the vision tower's windows in one sdpa call per layer.
-    use_packed_vision_attention(model)
+    if extractor.family.packed_vision:
+        use_packed_vision_attention(model)
     ours, t_ours, peak_ours, act_ours = meter(lambda: extractor.extract(image, QUESTION, response), args.repeats)
     model.set_attn_implementation("eager")
     try:
@@ -127,7 +138,7 @@ def bench_extraction(args, model, processor, image, response, meter):
     info = {"tokens": inputs["input_ids"].shape[1], "image_tokens": len(positions),
             "response_tokens": sample.span[1] - sample.span[0], "weights_gib": weights / 2**30,
             "diff_traj": diff_traj, "diff_vtop": diff_vtop, "layers": extractor.layers}
-    rows = {"ours (sdpa + q/k hooks)": (t_ours, peak_ours, act_ours)}
+    rows = {"ours (capturing sdpa)": (t_ours, peak_ours, act_ours)}
     rows["reference (eager, 2 forwards)"] = (t_ref, peak_ref, act_ref)
     return info, rows
 
@@ -163,6 +174,8 @@ def print_table(title: str, rows: dict, reference: str):
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=["tiny", "7b"], default="tiny", help="teacher shape (random weights)")
+    parser.add_argument("--family", choices=list(TEACHER_FAMILIES), default="qwen2_5_vl",
+                        help="teacher family of the tiny shape (7b is Qwen2.5-VL)")
     parser.add_argument("--tokens", type=int, default=None, help="approximate sequence length of a sample (default: "
                         "2000 on GPU; 1000 on CPU, where the eager reference's vision tower dominates the smoke test)")
     parser.add_argument("--response-tokens", type=int, default=128, help="response tokens (the trajectory's rows)")
@@ -184,7 +197,7 @@ def main(args: argparse.Namespace) -> None:
     args.gen_batch = args.gen_batch or (8 if cuda else 4)
     args.gen_tokens = args.gen_tokens or (64 if cuda else 16)
     side = image_side_for(args.tokens, args.response_tokens + 40)
-    model, processor = build_teacher(args.shape, args.device, side)
+    model, processor = build_teacher(args.shape, args.device, side, args.family)
     image = Image.effect_noise((side, side), 64).convert("RGB")
     response = response_text(processor, args.response_tokens)
     meter = Meter(args.device)

@@ -383,7 +383,7 @@ def profile(args, dtype) -> None:
 
 def _profile_model(kind: str, stage: int, batch: dict, case: str, args, processor, dtype) -> list[str]:
     """Profile one model on one batch for each vision attention of `args.profile_variants`; returns the summaries."""
-    from lavit_hf.modeling_lavit import PACKED_VISION_ATTENTION
+    from lavit_hf.attention import PACKED_VISION_ATTENTION
 
     device = args.device  # CPU: a smoke run of this code
     model = build_model(

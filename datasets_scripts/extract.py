@@ -1,4 +1,4 @@
-"""`lavit extract`: run a Qwen2.5-VL teacher over a question-answer source into a LaViT dataset.
+"""`lavit extract`: run a teacher (a supported image-text-to-text family) over a question-answer source into a LaViT dataset.
 
 Each sample gets the teacher's own response, V_top and the trajectories of METHOD.md section 1; the output is a
 `datasets` dataset (parquet shards with explicit features, a card and a manifest) that `load_dataset(OUT)` reads.
@@ -62,12 +62,14 @@ from .sources import (
 )
 from .teacher import (
     STEP_SPLITS,
+    TEACHER_FAMILIES,
     TRAJECTORY_METHODS,
     ExtractionSettings,
     GenerationSettings,
     TeacherError,
     TeacherExtractor,
     TeacherOutput,
+    teacher_family,
 )
 from .writer import (
     FAILURES_FILE,
@@ -141,7 +143,10 @@ class TeacherArguments:
     _argument_group_name = "teacher"
 
     teacher: str | None = field(
-        default=None, metadata={"help": "Local Qwen2.5-VL checkpoint folder (model and processor)."}
+        default=None, metadata={
+            "help": "Local checkpoint folder (model and processor) of a supported teacher family: "
+            f"{', '.join(TEACHER_FAMILIES)}."
+        }
     )
     device: str | None = field(
         default=None,
@@ -438,9 +443,14 @@ def min_feature_bytes(hidden_size: int, min_image_tokens: int, extraction: Extra
 
 
 def load_teacher_processor(path: str, min_pixels: int | None = None, max_pixels: int | None = None):
-    """The teacher's processor, with optional pixel-limit overrides."""
-    from transformers import AutoProcessor
+    """The teacher's processor, with optional pixel-limit overrides (dynamic-resolution families only)."""
+    from transformers import AutoConfig, AutoProcessor
 
+    # Refuses, by name and with the reason, a family without one known image-token grid before loading any weight.
+    family = teacher_family(AutoConfig.from_pretrained(path).model_type)
+    if (min_pixels is not None or max_pixels is not None) and not family.dynamic_resolution:
+        raise ValueError(f"{path}: a {family.name} teacher resizes every image to one size; --min-pixels and "
+                         "--max-pixels do not apply.")
     processor = AutoProcessor.from_pretrained(path)
     size = dict(processor.image_processor.size.items()) if hasattr(processor.image_processor.size, "items") else {}
     if min_pixels is not None or max_pixels is not None:
@@ -453,16 +463,16 @@ def load_teacher_processor(path: str, min_pixels: int | None = None, max_pixels:
 
 
 def load_teacher(path: str, device: str, dtype: str = "auto"):
-    """A local Qwen2.5-VL checkpoint under `sdpa`, on `device`."""
-    from transformers import AutoModelForImageTextToText
+    """A local checkpoint of a supported teacher family under `sdpa`, on `device`."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
+    family = teacher_family(AutoConfig.from_pretrained(path).model_type)
     if dtype == "auto":
         dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, dtype), attn_implementation="sdpa")
-    if not hasattr(getattr(model, "model", None), "language_model"):
-        raise ValueError(f"{path}: expected a Qwen2.5-VL checkpoint, got {type(model).__name__}.")
-    # Speed only: the vision tower's windows in one sdpa call per layer instead of a Python loop over windows.
-    use_packed_vision_attention(model)
+    if family.packed_vision:
+        # Speed only: the vision tower's windows in one sdpa call per layer instead of a Python loop over windows.
+        use_packed_vision_attention(model)
     return model.to(device)
 
 
@@ -519,6 +529,7 @@ def build_row(record: SourceRecord, image_size: tuple[int, int], out: TeacherOut
         schema.BBOX: record.bbox,
         schema.TEACHER_RESPONSE: out.response,
         schema.TEACHER_RESPONSE_STEPS: out.steps,
+        schema.TEACHER_FAMILY: out.family,
         schema.TEACHER_GRID: list(out.grid),
         schema.VTOP: out.vtop_tokens.mean(0).tolist(),
         schema.TRAJECTORY_LAYERS: out.layers if "attention" in settings.methods else [],
@@ -527,11 +538,9 @@ def build_row(record: SourceRecord, image_size: tuple[int, int], out: TeacherOut
     }
     if settings.token_features:
         row[schema.VTOP_TOKENS] = out.vtop_tokens.half().numpy()
-    steps_columns = {"attention": schema.TRAJECTORY_STEPS_ATTENTION, "gradient": schema.TRAJECTORY_STEPS_GRADIENT}
-    for method, column in schema.TRAJECTORY_COLUMNS.items():
-        if method in settings.methods:
-            row[column] = out.trajectories[method].tolist()
-            row[steps_columns[method]] = out.step_trajectories[method].tolist()
+    for method in settings.methods:
+        row[schema.trajectory_column(method)] = out.trajectories[method].tolist()
+        row[schema.trajectory_steps_column(method)] = out.step_trajectories[method].tolist()
     return row
 
 

@@ -1,19 +1,25 @@
-"""Teacher-side extraction (METHOD.md section 1): the teacher's response, V_top and the two trajectories.
+"""Teacher-side extraction (METHOD.md section 1): the teacher's response, V_top and the trajectories, for a teacher of
+any supported family.
 
 One forward pass over image + question + response gives, per sample:
 
 - **V_top**: a forward hook on the last decoder layer keeps its output (before the final norm) at the image-token
   positions.
-- **Attention trajectory**: forward pre-hooks on the selected layers' self-attention recompute the queries of the
-  response rows only (after RoPE) and the keys of the whole sequence, so the teacher itself runs under `sdpa` and
-  never materialises an `[S, S]` attention matrix. The rows' softmax over all keys (causal) is exactly what
-  `eager` attention with `output_attentions=True` would give for those rows.
+- **Attention trajectory**: during extraction the teacher's text attention runs through `capturing_sdpa_attention`,
+  registered with transformers' `AttentionInterface` under `CAPTURE_ATTENTION`. It computes the layer's output with
+  sdpa, as the teacher otherwise would, and, on the selected layers, scores the response rows against every key with
+  the *same* query and key tensors the attention receives (after the family's q/k norms and RoPE, whatever they are),
+  the layer's own scaling and the layer's own mask (causal, padding, sliding window, bidirectional image blocks). The
+  rows' float32 softmax is exactly what `eager` attention with `output_attentions=True` gives for those rows, and the
+  teacher never materialises an `[S, S]` attention matrix.
 - **Gradient trajectory** (when asked): the same forward runs with gradients enabled with respect to the image
-  embeddings (the vision tower's output after the merger), and the per-token gradients of the response tokens' NLL
-  come from batched vector-Jacobian products over one retained graph (`is_grads_batched=True`), never one forward
-  per token.
+  embeddings (the family's image features as its language model receives them: Qwen's merger output, Gemma 3's
+  projector output; Qwen3-VL's deepstack features, added at early layers, are held fixed), and the per-token
+  gradients of the response tokens' NLL come from batched vector-Jacobian products over one retained graph
+  (`is_grads_batched=True`), never one forward per token.
 
-Distribution rules (documented in the dataset card):
+Trajectory methods are a registry (`TRAJECTORY_METHODS`, name -> `TrajectoryMethod`); the dataset columns of a method
+are named after it (`lavit_hf.schema.trajectory_column`). Distribution rules (documented in the dataset card):
 
 - attention: `A[r, i]` = mean over heads and layers of the attention weight from response row `r` to image token `i`;
   the trajectory is `mean_r A[r, :]` renormalised to sum to 1 over the image tokens.
@@ -21,24 +27,34 @@ Distribution rules (documented in the dataset card):
   normalised first: with no temperature, `p_t = g_t / sum_i g_t[i]`; with a temperature `T`,
   `p_t = softmax((g_t / max_i g_t[i]) / T)` (so `T` acts on values in [0, 1], not on raw magnitudes as in the
   reference code). The trajectory is `mean_t p_t`, renormalised.
+
+Teacher families are a registry too (`TEACHER_FAMILIES`, model_type -> `TeacherFamily`): each says how its image
+tokens form one known 2-D grid per image. A family whose grid cannot be known (tiled or any-resolution layouts) is
+refused by name, with the reason (`UNKNOWN_GRID_FAMILIES`).
 """
 
+import contextlib
+import contextvars
+import inspect
 import logging
+import math
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from PIL import Image
-from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb, repeat_kv
+from transformers import AttentionInterface, AttentionMaskInterface, PretrainedConfig
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import sdpa_mask
 
-from lavit_hf.layout import render_prompt
+from lavit_hf import schema
+from lavit_hf.layout import merged_grids, render_prompt
 
 
 logger = logging.getLogger(__name__)
 
-TRAJECTORY_METHODS = ("attention", "gradient")
 STEP_SPLITS = ("none", "newline", "sentence")
 # METHOD.md section 1: the attention method averages the last 8 language-model layers.
 DEFAULT_ATTENTION_LAYERS = 8
@@ -46,6 +62,90 @@ DEFAULT_ATTENTION_LAYERS = 8
 
 class TeacherError(RuntimeError):
     """A sample the teacher could not process (empty response, tokenisation mismatch, degenerate trajectory)."""
+
+
+# Teacher families ------------------------------------------------------------------------------------------------
+
+
+def qwen_image_grids(config: PretrainedConfig, inputs: dict[str, torch.Tensor]) -> list[tuple[int, int]]:
+    """Qwen-VL families: each image's merged grid from `image_grid_thw` (dynamic resolution)."""
+    return merged_grids(inputs["image_grid_thw"], config.vision_config.spatial_merge_size)
+
+
+def fixed_square_grids(config: PretrainedConfig, inputs: dict[str, torch.Tensor]) -> list[tuple[int, int]]:
+    """Gemma 3: every image is resized to one size and pooled to `mm_tokens_per_image` tokens on a square grid."""
+    side = math.isqrt(config.mm_tokens_per_image)
+    if side * side != config.mm_tokens_per_image:
+        raise ValueError(f"mm_tokens_per_image={config.mm_tokens_per_image} is not a square grid.")
+    return [(side, side)] * inputs["pixel_values"].shape[0]
+
+
+def refuse_pan_and_scan(processor) -> None:
+    if getattr(processor.image_processor, "do_pan_and_scan", False):
+        raise ValueError(
+            "The Gemma 3 processor has do_pan_and_scan on: it adds crops of the image, each with its own grid of "
+            "tokens, so a trajectory has no single grid. Extract with do_pan_and_scan=False."
+        )
+
+
+@dataclass(frozen=True)
+class TeacherFamily:
+    """How one teacher family lays out each image's tokens: one known 2-D grid per image, row-major in the sequence.
+
+    Attributes:
+        name (`str`): the family's `model_type`.
+        image_grids (`Callable`): `(config, processor outputs) -> [(h, w), ...]`, each image's token grid.
+        dynamic_resolution (`bool`): the processor's pixel limits set the grid (`min_pixels`/`max_pixels` apply);
+            otherwise every image is resized to one fixed size.
+        packed_vision (`bool`): the tower runs packed segments that `lavit_hf.attention` can batch into one sdpa call.
+        check_processor (`Callable`, *optional*): refuses processor settings that break the one-grid layout.
+    """
+
+    name: str
+    image_grids: Callable[[PretrainedConfig, dict[str, torch.Tensor]], list[tuple[int, int]]]
+    dynamic_resolution: bool
+    packed_vision: bool
+    check_processor: Callable[[Any], None] | None = None
+
+
+TEACHER_FAMILIES: dict[str, TeacherFamily] = {
+    family.name: family
+    for family in (
+        TeacherFamily("qwen2_vl", qwen_image_grids, dynamic_resolution=True, packed_vision=True),
+        TeacherFamily("qwen2_5_vl", qwen_image_grids, dynamic_resolution=True, packed_vision=True),
+        TeacherFamily("qwen3_vl", qwen_image_grids, dynamic_resolution=True, packed_vision=True),
+        TeacherFamily("gemma3", fixed_square_grids, False, False, refuse_pan_and_scan),
+    )
+}
+# Families whose image tokens form no single known grid, and why (their trajectory has no 2-D layout to resample).
+UNKNOWN_GRID_FAMILIES = {
+    "llava_next": "any-resolution tiling (anyres): a base view plus a varying number of tiles, rows ended by newline "
+    "tokens",
+    "llava_next_video": "any-resolution tiling (anyres): a base view plus a varying number of tiles",
+    "llava_onevision": "any-resolution tiling (anyres): a base view plus a varying number of tiles",
+    "internvl": "dynamic tiling: a varying number of 448x448 tiles plus a thumbnail per image",
+    "idefics2": "a perceiver resampler pools each image into latents that have no spatial grid",
+    "idefics3": "image splitting: a varying number of tiles with row and column tokens",
+    "smolvlm": "image splitting: a varying number of tiles with row and column tokens",
+    "mllama": "tiled images read through cross-attention, with no image tokens in the sequence",
+}
+
+
+def teacher_family(model_type: str) -> TeacherFamily:
+    """The teacher family of `model_type`, refusing by name (with the reason) a family whose grid cannot be known and
+    naming the supported ones otherwise."""
+    if model_type in TEACHER_FAMILIES:
+        return TEACHER_FAMILIES[model_type]
+    supported = ", ".join(TEACHER_FAMILIES)
+    if model_type in UNKNOWN_GRID_FAMILIES:
+        raise ValueError(
+            f"A {model_type!r} teacher cannot be used: its images have no single known token grid "
+            f"({UNKNOWN_GRID_FAMILIES[model_type]}). Supported teacher families: {supported}."
+        )
+    raise ValueError(f"No teacher support for model_type {model_type!r}; supported teacher families: {supported}.")
+
+
+# Settings and outputs --------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -84,13 +184,14 @@ class ExtractionSettings:
     """What is extracted from each sample.
 
     Args:
-        methods (`tuple[str, ...]`, *optional*, defaults to `("attention",)`): trajectories to compute.
+        methods (`tuple[str, ...]`, *optional*, defaults to `("attention",)`): trajectory methods to compute, by their
+            names in `TRAJECTORY_METHODS`.
         attention_layers (`list[int]`, *optional*): teacher layers averaged by the attention method; negative
             indices count from the end. Defaults to the last 8 (METHOD.md section 1), or all of a shallower teacher.
         gradient_temperature (`float`, *optional*): temperature of the gradient method's softmax; `None` divides the
             magnitudes by their sum instead (see the module docstring).
         gradient_batch_size (`int`, *optional*, defaults to 32): per-token gradients computed per batched backward.
-        row_chunk (`int`, *optional*, defaults to 256): response rows scored at once by the attention hooks.
+        row_chunk (`int`, *optional*, defaults to 256): response rows scored at once by the attention capture.
         token_features (`bool`, *optional*, defaults to `False`): also keep the token-wise V_top matrix.
         split_steps (`str`, *optional*, defaults to `"none"`): `none`, `newline` or `sentence`.
     """
@@ -105,9 +206,9 @@ class ExtractionSettings:
 
     def __post_init__(self):
         self.methods = tuple(self.methods)
-        unknown = set(self.methods) - set(TRAJECTORY_METHODS)
+        unknown = [name for name in self.methods if name not in TRAJECTORY_METHODS]
         if unknown or not self.methods:
-            raise ValueError(f"methods={self.methods}: expected a non-empty subset of {TRAJECTORY_METHODS}.")
+            raise ValueError(f"methods={self.methods}: expected one or more of {list(TRAJECTORY_METHODS)}.")
         if self.split_steps not in STEP_SPLITS:
             raise ValueError(f"split_steps={self.split_steps!r}: expected one of {STEP_SPLITS}.")
         if self.gradient_temperature is not None and self.gradient_temperature <= 0:
@@ -127,6 +228,7 @@ class TeacherOutput:
     grid: tuple[int, int]
     layers: list[int]
     vtop_tokens: torch.Tensor
+    family: str
     trajectories: dict[str, torch.Tensor] = field(default_factory=dict)
     step_trajectories: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -166,58 +268,216 @@ def split_steps(response: str, offsets: list[tuple[int, int]], rule: str) -> lis
             starts.append(first)
     bounds = starts + [len(offsets)]
     steps = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         steps.append((a, b, response[offsets[a][0] : offsets[b - 1][1]].strip()))
     return steps
 
 
-class AttentionRowCapture:
-    """Forward pre-hooks on the selected layers' self-attention that compute the response rows' attention.
+# The attention capture -------------------------------------------------------------------------------------------
 
-    For each hooked layer the hook recomputes `q = RoPE(q_proj(x))` for the response rows only and
-    `k = RoPE(k_proj(x))` for all positions (the layer's own projections and rotary embedding, so the numbers are
-    those the layer uses), softmaxes the rows' causal scores in float32 and keeps the mean over heads of the weights
-    on the image tokens. Memory: `rows x S x heads` per chunk of `row_chunk` rows, never `S x S`.
+CAPTURE_ATTENTION = "lavit_trajectory_sdpa"
+_ACTIVE_CAPTURE: contextvars.ContextVar["AttentionRowCapture | None"] = contextvars.ContextVar(
+    "lavit_attention_capture", default=None
+)
+
+
+class AttentionRowCapture:
+    """The response rows' attention over the image tokens, read from the attention function's own inputs.
+
+    For each selected attention module (a decoder layer's self-attention), `observe` receives the query and key
+    tensors exactly as the attention function does (after the family's projections, q/k norms and RoPE), the layer's
+    mask in sdpa's format and its scaling; it softmaxes the response rows' scores over all keys in float32 and keeps
+    the mean over heads of the weights on the image tokens. Memory: `rows x S x heads` per chunk of `row_chunk` rows,
+    never `S x S`.
+
+    Args:
+        modules (`dict[torch.nn.Module, int]`): the attention modules to read, mapped to their layer index.
+        rows (`torch.LongTensor`): the response positions.
+        image_positions (`torch.LongTensor`): the image-token positions.
+        row_chunk (`int`): rows scored at once.
     """
 
-    def __init__(self, rows: torch.Tensor, image_positions: torch.Tensor, row_chunk: int):
+    def __init__(
+        self, modules: dict[torch.nn.Module, int], rows: torch.Tensor, image_positions: torch.Tensor, row_chunk: int
+    ):
+        self.modules = modules
         self.rows = rows
         self.image_positions = image_positions
         self.row_chunk = row_chunk
-        self.per_layer: list[torch.Tensor] = []
+        self.per_layer: dict[int, torch.Tensor] = {}
 
-    def __call__(self, module, args, kwargs):
-        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        cos, sin = kwargs["position_embeddings"]
+    def observe(
+        self,
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        scaling: float | None,
+        is_causal: bool,
+    ) -> None:
+        layer = self.modules.get(module)
+        if layer is None:
+            return
+        if query.shape[0] != 1 or query.shape[2] != key.shape[2]:
+            raise TeacherError("the attention capture reads one unpadded sample without a cache")
         with torch.no_grad():
-            hidden = hidden.detach()
-            keys = module.k_proj(hidden).view(1, hidden.shape[1], -1, module.head_dim).transpose(1, 2)
-            _, keys = apply_rotary_pos_emb(keys, keys, cos, sin)
-            keys = repeat_kv(keys, module.num_key_value_groups).float()
-            chunks = [self._rows(module, hidden, keys, cos, sin, r) for r in self.rows.split(self.row_chunk)]
-        self.per_layer.append(torch.cat(chunks))
+            keys = key.detach().float().repeat_interleave(query.shape[1] // key.shape[1], dim=1)
+            scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+            chunks = [
+                self._rows(query, keys, attention_mask, scale, is_causal, rows)
+                for rows in self.rows.split(self.row_chunk)
+            ]
+        self.per_layer[layer] = torch.cat(chunks)
 
-    def _rows(self, module, hidden, keys, cos, sin, rows):
-        queries = module.q_proj(hidden[:, rows]).view(1, len(rows), -1, module.head_dim).transpose(1, 2)
-        queries, _ = apply_rotary_pos_emb(queries, queries, cos[:, rows], sin[:, rows])
-        scores = torch.matmul(queries.float(), keys.transpose(2, 3)) * module.scaling
-        # Causal: row r sees keys 0..r (one unpadded sample per forward, so no padding mask is needed).
-        future = torch.arange(keys.shape[2], device=rows.device)[None, :] > rows[:, None]
-        weights = scores.masked_fill(future, float("-inf")).softmax(-1)
+    def _rows(self, query, keys, attention_mask, scale, is_causal, rows):
+        scores = torch.matmul(query[:, :, rows].detach().float(), keys.transpose(2, 3)) * scale
+        if attention_mask is None:  # sdpa's own rule for a missing mask: causal, or nothing
+            if is_causal:
+                future = torch.arange(keys.shape[2], device=rows.device)[None, :] > rows[:, None]
+                scores = scores.masked_fill(future, float("-inf"))
+        elif attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask[:, :, rows], float("-inf"))
+        else:
+            scores = scores + attention_mask[:, :, rows].float()
+        weights = scores.softmax(-1)
         return weights[0][:, :, self.image_positions].mean(0)
 
     def mean(self) -> torch.Tensor:
-        """`[rows, n_image]`: the mean over hooked layers of the head-averaged weights."""
-        return torch.stack(self.per_layer).mean(0)
+        """`[rows, n_image]`: the mean over the selected layers of the head-averaged weights."""
+        missing = sorted(set(self.modules.values()) - set(self.per_layer))
+        if missing:
+            raise TeacherError(f"the attention capture saw no attention call in layers {missing}")
+        return torch.stack([self.per_layer[layer] for layer in sorted(self.per_layer)]).mean(0)
+
+
+def capturing_sdpa_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """sdpa attention that also hands its inputs to the active `AttentionRowCapture` (if any)."""
+    capture = _ACTIVE_CAPTURE.get()
+    if capture is not None:
+        causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+        capture.observe(module, query, key, attention_mask, scaling, causal)
+    return sdpa_attention_forward(
+        module, query, key, value, attention_mask, scaling=scaling, is_causal=is_causal, **kwargs
+    )
+
+
+AttentionInterface.register(CAPTURE_ATTENTION, capturing_sdpa_attention)
+AttentionMaskInterface.register(CAPTURE_ATTENTION, sdpa_mask)
+
+
+@contextlib.contextmanager
+def capturing_attention(model: torch.nn.Module, capture: AttentionRowCapture) -> Iterator[None]:
+    """Run `model`'s text attention through `capturing_sdpa_attention` into `capture`, restoring its implementation."""
+    previous = model.config.get_text_config()._attn_implementation
+    model.set_attn_implementation({"text_config": CAPTURE_ATTENTION})
+    token = _ACTIVE_CAPTURE.set(capture)
+    try:
+        yield
+    finally:
+        _ACTIVE_CAPTURE.reset(token)
+        model.set_attn_implementation({"text_config": previous})
+
+
+# Trajectory methods ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TeacherForward:
+    """What the one forward pass of a sample recorded for the trajectory methods.
+
+    Attributes:
+        attention (`torch.Tensor` of shape `(R, N)`, *optional*): the response rows' head- and layer-averaged attention
+            on the image tokens (when a method captures attention).
+        gradient (`torch.Tensor` of shape `(R, N)`, *optional*): per response token, `|d NLL_t / d E|` averaged over
+            the hidden dimension (when a method needs gradients).
+    """
+
+    attention: torch.Tensor | None = None
+    gradient: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class TrajectoryMethod:
+    """One way of turning the teacher's forward pass into per-response-token weights over the image tokens.
+
+    Attributes:
+        name (`str`): the registry key; the dataset columns are `schema.trajectory_column(name)` and
+            `schema.trajectory_steps_column(name)`.
+        rule (`str`): the distribution rule, in one sentence (see the module docstring).
+        captures_attention (`bool`): the forward runs with the attention capture on the selected layers.
+        needs_gradient (`bool`): the forward runs with gradients with respect to the image embeddings.
+        per_token (`Callable`): `(TeacherForward, ExtractionSettings) -> (R, N)` non-negative weights per response
+            token; the trajectory (or a step's) is their mean over the tokens, renormalised.
+    """
+
+    name: str
+    rule: str
+    captures_attention: bool
+    needs_gradient: bool
+    per_token: Callable[[TeacherForward, ExtractionSettings], torch.Tensor]
+
+
+TRAJECTORY_METHODS: dict[str, TrajectoryMethod] = {}
+
+
+def register_trajectory_method(method: TrajectoryMethod) -> TrajectoryMethod:
+    """Add `method` to `TRAJECTORY_METHODS` (its name must make valid column names)."""
+    schema.trajectory_column(method.name)
+    TRAJECTORY_METHODS[method.name] = method
+    return method
+
+
+def gradient_distributions(magnitudes: torch.Tensor, temperature: float | None) -> torch.Tensor:
+    """Turn per-token magnitudes `[R, N]` into per-token distributions (rule in the module docstring)."""
+    if temperature is None:
+        return normalise(magnitudes)
+    peak = magnitudes.amax(-1, keepdim=True)
+    if bool((peak <= 0).any()):
+        raise TeacherError("a response token has zero gradient on every image token")
+    return torch.softmax(magnitudes / peak / temperature, dim=-1)
+
+
+register_trajectory_method(
+    TrajectoryMethod(
+        name="attention",
+        rule="mean over heads, selected layers and response rows of the attention weight on each image token",
+        captures_attention=True,
+        needs_gradient=False,
+        per_token=lambda forward, settings: forward.attention,
+    )
+)
+register_trajectory_method(
+    TrajectoryMethod(
+        name="gradient",
+        rule="mean over response tokens of each token's normalised |d NLL / d image embedding|",
+        captures_attention=False,
+        needs_gradient=True,
+        per_token=lambda forward, settings: gradient_distributions(forward.gradient, settings.gradient_temperature),
+    )
+)
+
+
+# The extractor ---------------------------------------------------------------------------------------------------
 
 
 class TeacherExtractor:
-    """Runs a Qwen2.5-VL teacher over samples: batched generation, then one forward per sample for V_top and the
-    trajectories.
+    """Runs a teacher of any supported family (`TEACHER_FAMILIES`) over samples: batched generation, then one forward
+    per sample for V_top and the trajectories.
 
     Args:
-        model (`Qwen2_5_VLForConditionalGeneration`): the teacher, any attention implementation (`sdpa` advised).
-        processor (`Qwen2_5_VLProcessor`): its processor; its pixel limits set the teacher's resolution.
+        model (`PreTrainedModel`): the teacher, an image-text-to-text model of a supported family, any attention
+            implementation (its text attention runs as sdpa, with the capture, during extraction).
+        processor (`ProcessorMixin`): its processor; for dynamic-resolution families its pixel limits set the
+            teacher's resolution.
         settings (`ExtractionSettings`): what to extract.
         generation (`GenerationSettings`, *optional*): how the teacher answers.
 
@@ -225,17 +485,21 @@ class TeacherExtractor:
 
     ```python
     >>> from PIL import Image
-    >>> from lavit_hf import build_tiny_qwen2_5_vl
+    >>> from lavit_hf import build_tiny_base
     >>> from datasets_scripts.teacher import ExtractionSettings, TeacherExtractor
-    >>> model, processor = build_tiny_qwen2_5_vl(seed=1)
+    >>> model, processor = build_tiny_base("qwen2_5_vl", seed=1)
     >>> extractor = TeacherExtractor(model, processor, ExtractionSettings(attention_layers=[-1]))
     >>> out = extractor.extract(Image.new("RGB", (112, 56)), "What is it?", "A gray field.")
-    >>> out.grid, round(float(out.trajectories["attention"].sum()), 4)
-    ((2, 4), 1.0)
+    >>> out.family, out.grid, round(float(out.trajectories["attention"].sum()), 4)
+    ('qwen2_5_vl', (2, 4), 1.0)
+
     ```
     """
 
     def __init__(self, model, processor, settings: ExtractionSettings, generation: GenerationSettings | None = None):
+        self.family = teacher_family(model.config.model_type)
+        if self.family.check_processor is not None:
+            self.family.check_processor(processor)
         self.model = model.eval().requires_grad_(False)
         self.processor = processor
         self.settings = settings
@@ -248,7 +512,7 @@ class TeacherExtractor:
         if any(not -n_layers <= layer < n_layers for layer in requested):
             raise ValueError(f"attention_layers {requested}: the teacher has {n_layers} layers.")
         self.layers = sorted({layer % n_layers for layer in requested})
-        self.merge = model.config.vision_config.spatial_merge_size
+        self.methods = [TRAJECTORY_METHODS[name] for name in settings.methods]
 
     @property
     def device(self) -> torch.device:
@@ -256,7 +520,7 @@ class TeacherExtractor:
 
     @property
     def hidden_size(self) -> int:
-        return self.model.config.text_config.hidden_size
+        return self.model.config.get_text_config().hidden_size
 
     # Generation ------------------------------------------------------------------------------------------------
 
@@ -266,7 +530,9 @@ class TeacherExtractor:
         side, tokenizer.padding_side = tokenizer.padding_side, "left"
         try:
             texts = [render_prompt(self.processor, q) for q in questions]
-            enc = self.processor(text=texts, images=images, padding=True, return_tensors="pt").to(self.device)
+            # One image list per prompt: some processors (Gemma 3's) read a flat list as all images of one prompt.
+            per_prompt = [[image] for image in images]
+            enc = self.processor(text=texts, images=per_prompt, padding=True, return_tensors="pt").to(self.device)
             with torch.no_grad():
                 kwargs = self.generation.generate_kwargs()
                 out = self.model.generate(**enc, **kwargs, pad_token_id=tokenizer.pad_token_id)
@@ -292,10 +558,12 @@ class TeacherExtractor:
         if not resp or ids[-len(resp) :] != resp:
             raise TeacherError("the response's tokens differ inside the full sequence (tokeniser boundary merge)")
         image_positions = (inputs["input_ids"][0] == self.model.config.image_token_id).nonzero().flatten()
-        t, h, w = inputs["image_grid_thw"][0].tolist()
-        grid = (h // self.merge, w // self.merge)
-        if t * grid[0] * grid[1] != len(image_positions):
-            raise TeacherError(f"{len(image_positions)} image tokens for a grid of t={t}, {grid}")
+        grids = self.family.image_grids(self.model.config, inputs)
+        if len(grids) != 1:
+            raise TeacherError(f"{len(grids)} image grids for one image")
+        grid = grids[0]
+        if grid[0] * grid[1] != len(image_positions):
+            raise TeacherError(f"{len(image_positions)} image tokens for a grid of {grid}")
         span = (len(ids) - len(resp), len(ids))
         return EncodedSample(inputs, span, [tuple(o) for o in alone["offset_mapping"]], image_positions, grid)
 
@@ -306,58 +574,67 @@ class TeacherExtractor:
         sample = self.encode(image, question, response)
         steps = split_steps(response, sample.offsets, self.settings.split_steps)
         inputs = {k: v.to(self.device) for k, v in sample.inputs.items()}
-        rows = torch.arange(*sample.span, device=self.device)
         image_positions = sample.image_positions.to(self.device)
-        capture, vtop, handles = self._install_hooks(rows, image_positions)
-        try:
-            grad_tokens = self._forward(inputs, sample.span, "gradient" in self.settings.methods)
-        finally:
-            for handle in handles:
-                handle.remove()
-        out = TeacherOutput(response, [s[2] for s in steps], sample.span, sample.grid, self.layers, vtop[0].cpu())
-        per_token = {}
-        if capture is not None:
-            per_token["attention"] = capture.mean()
-        if grad_tokens is not None:
-            per_token["gradient"] = grad_tokens
-        for method, matrix in per_token.items():
-            out.trajectories[method] = normalise(matrix.mean(0)).cpu()
-            out.step_trajectories[method] = torch.stack([normalise(matrix[a:b].mean(0)) for a, b, _ in steps]).cpu()
-        return out
-
-    def _install_hooks(self, rows: torch.Tensor, image_positions: torch.Tensor):
+        capture = None
+        if any(method.captures_attention for method in self.methods):
+            modules = {self.decoder_layers[layer].self_attn: layer for layer in self.layers}
+            rows = torch.arange(*sample.span, device=self.device)
+            capture = AttentionRowCapture(modules, rows, image_positions, self.settings.row_chunk)
         vtop: list[torch.Tensor] = []
 
         def keep_vtop(module, args, output):
             hidden = output[0] if isinstance(output, tuple) else output
             vtop.append(hidden[0, image_positions].detach().float())
 
-        handles = [self.decoder_layers[-1].register_forward_hook(keep_vtop)]
-        capture = None
-        if "attention" in self.settings.methods:
-            capture = AttentionRowCapture(rows, image_positions, self.settings.row_chunk)
-            for layer in self.layers:
-                attn = self.decoder_layers[layer].self_attn
-                handles.append(attn.register_forward_pre_hook(capture, with_kwargs=True))
-        return capture, vtop, handles
+        handle = self.decoder_layers[-1].register_forward_hook(keep_vtop)
+        try:
+            with capturing_attention(self.model, capture) if capture is not None else contextlib.nullcontext():
+                forward = self._forward(inputs, sample.span, any(method.needs_gradient for method in self.methods))
+        finally:
+            handle.remove()
+        if capture is not None:
+            forward.attention = capture.mean()
+        out = TeacherOutput(
+            response, [s[2] for s in steps], sample.span, sample.grid, self.layers, vtop[0].cpu(), self.family.name
+        )
+        for method in self.methods:
+            matrix = method.per_token(forward, self.settings)
+            out.trajectories[method.name] = normalise(matrix.mean(0)).cpu()
+            out.step_trajectories[method.name] = torch.stack(
+                [normalise(matrix[a:b].mean(0)) for a, b, _ in steps]
+            ).cpu()
+        return out
 
-    def _forward(self, inputs: dict[str, torch.Tensor], span: tuple[int, int], with_gradient: bool):
-        """The one forward pass; returns the per-token gradient distributions `[R, N]` when asked, else `None`."""
+    def _forward(self, inputs: dict[str, torch.Tensor], span: tuple[int, int], with_gradient: bool) -> TeacherForward:
+        """The one forward pass; with `with_gradient`, also the per-token gradient magnitudes `[R, N]`."""
         if not with_gradient:
             with torch.no_grad():
                 # The base model only: no LM head over the whole sequence (V_top and attention need no logits).
                 self.model.model(**inputs, use_cache=False)
-            return None
+            return TeacherForward()
+        image_encoder = self.model.model.get_image_features
+        image_inputs = {name: inputs[name] for name in inspect.signature(image_encoder).parameters if name in inputs}
         with torch.no_grad():
-            features = self.model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
-        embeds = torch.cat(features.pooler_output).detach().requires_grad_(True)
-        encoder_out = {"image": BaseModelOutputWithPooling(pooler_output=(embeds,))}
+            features = image_encoder(**image_inputs)
+        embeds, features.pooler_output = image_embedding_leaf(features.pooler_output)
         text_inputs = {k: v for k, v in inputs.items() if k != "pixel_values"}
         with torch.enable_grad():
-            hidden = self.model.model(**text_inputs, mm_encoder_outputs=encoder_out, use_cache=False)[0]
+            hidden = self.model.model(**text_inputs, mm_encoder_outputs={"image": features}, use_cache=False)[0]
             nll = response_nll(self.model.lm_head, hidden[0], inputs["input_ids"][0], span)
-            grads = batched_token_grads(nll, embeds, self.settings.gradient_batch_size)
-        return gradient_distributions(grads, self.settings.gradient_temperature)
+            magnitudes = batched_token_grads(nll, embeds, self.settings.gradient_batch_size)
+        return TeacherForward(gradient=magnitudes)
+
+
+def image_embedding_leaf(pooler_output: torch.Tensor | tuple[torch.Tensor, ...]):
+    """`(leaf, same_structure)`: the image embeddings as one `[N, d]` leaf tensor that requires grad (N image tokens,
+    in sequence order), and the family's structure rebuilt as views of it (Qwen: one `(n_i, d)` tensor per image;
+    Gemma 3: `(images, tokens, d)`), so the gradient with respect to every image token lands on the leaf."""
+    if isinstance(pooler_output, torch.Tensor):
+        leaf = pooler_output.detach().reshape(-1, pooler_output.shape[-1]).requires_grad_(True)
+        return leaf, leaf.view(pooler_output.shape)
+    sizes = [part.shape[0] for part in pooler_output]
+    leaf = torch.cat([part.detach() for part in pooler_output]).requires_grad_(True)
+    return leaf, tuple(leaf.split(sizes))
 
 
 def response_nll(lm_head: torch.nn.Module, hidden: torch.Tensor, input_ids: torch.Tensor, span: tuple[int, int]):
@@ -381,16 +658,6 @@ def batched_token_grads(nll: torch.Tensor, embeds: torch.Tensor, batch_size: int
     return torch.cat(magnitudes)
 
 
-def gradient_distributions(magnitudes: torch.Tensor, temperature: float | None) -> torch.Tensor:
-    """Turn per-token magnitudes `[R, N]` into per-token distributions (rule in the module docstring)."""
-    if temperature is None:
-        return normalise(magnitudes)
-    peak = magnitudes.amax(-1, keepdim=True)
-    if bool((peak <= 0).any()):
-        raise TeacherError("a response token has zero gradient on every image token")
-    return torch.softmax(magnitudes / peak / temperature, dim=-1)
-
-
 def normalise(weights: torch.Tensor) -> torch.Tensor:
     """Divide by the sum over the last dimension, refusing an all-zero or non-finite row (never a silent fill)."""
     total = weights.sum(-1, keepdim=True)
@@ -400,18 +667,30 @@ def normalise(weights: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
+    "CAPTURE_ATTENTION",
     "DEFAULT_ATTENTION_LAYERS",
     "STEP_SPLITS",
+    "TEACHER_FAMILIES",
     "TRAJECTORY_METHODS",
+    "UNKNOWN_GRID_FAMILIES",
+    "AttentionRowCapture",
     "EncodedSample",
     "ExtractionSettings",
     "GenerationSettings",
     "TeacherError",
     "TeacherExtractor",
+    "TeacherFamily",
+    "TeacherForward",
     "TeacherOutput",
+    "TrajectoryMethod",
     "batched_token_grads",
+    "capturing_attention",
+    "capturing_sdpa_attention",
     "gradient_distributions",
+    "image_embedding_leaf",
     "normalise",
+    "register_trajectory_method",
     "response_nll",
     "split_steps",
+    "teacher_family",
 ]

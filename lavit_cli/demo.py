@@ -228,7 +228,7 @@ def build_teacher(args: DemoArguments, out: Path, splits: dict[str, list]) -> Pa
 
 def build_student_base(args: DemoArguments, out: Path, splits: dict[str, list], teacher_hidden_size: int) -> Path:
     """The pre-trained tiny Qwen2.5-VL turned into a LaViT student; every student of the experiment starts here."""
-    from lavit_hf import LaViTForConditionalGeneration
+    from lavit_hf import lavit_from_base
 
     folder = out / "student_base"
     if (folder / "config.json").is_file():
@@ -239,7 +239,7 @@ def build_student_base(args: DemoArguments, out: Path, splits: dict[str, list], 
         args, args.seed + 1, args.student_hidden_size, args.student_layers, args.student_image_size, images
     )
     losses = fine_tune(model, processor, splits["pretrain"], args.pretrain_steps, args.batch_size, "student pre-training")
-    student, processor = LaViTForConditionalGeneration.from_qwen2_5_vl(
+    student, processor = lavit_from_base(
         model.cpu(), processor, num_latent_tokens=args.num_latent_tokens, teacher_hidden_size=teacher_hidden_size,
         seed=args.seed,
     )  # fmt: skip

@@ -1,84 +1,25 @@
-"""LaViT configuration: Qwen2.5-VL plus the latent tokens, the two distillation heads and the stage schedule.
+"""LaViT configuration on Qwen2.5-VL: Qwen2.5-VL plus the latent tokens, the two distillation heads and the stage
+schedule (`LaViTConfigMixin`).
 
-This file is copied next to saved checkpoints (remote code): it imports only `huggingface_hub` and `transformers`.
+This file is copied next to saved checkpoints (remote code): it imports only `huggingface_hub`, `transformers` and its
+sibling.
 """
-
-from typing import Literal
 
 from huggingface_hub.dataclasses import strict
 from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLConfig
 
+from .configuration_lavit_core import LaViTConfigMixin
+
 
 @strict
-class LaViTConfig(Qwen2_5_VLConfig):
+class LaViTConfig(LaViTConfigMixin, Qwen2_5_VLConfig):
     r"""
-    Configuration of a LaViT student (arXiv 2601.10129): a Qwen2.5-VL model whose answer starts with K latent tokens
-    `<lvr1>` ... `<lvrK>`, trained to carry a teacher's top-layer image features (V_top) and attention trajectory.
-    Only the fields that Qwen2.5-VL lacks are listed; the defaults reproduce the paper.
-
-    num_latent_tokens (`int`, *optional*, defaults to 4):
-        K, the number of latent tokens that start every assistant turn.
-    latent_token_ids (`list[int]`, *optional*):
-        Token ids of `<lvr1>` ... `<lvrK>`, in order. Set when the tokens are added to the tokenizer
-        (`LaViTForConditionalGeneration.from_qwen2_5_vl`).
-    teacher_hidden_size (`int`, *optional*):
-        Width of the teacher's hidden states, the V_top head's output size. It comes from the data (5,120 for the
-        paper's Qwen2.5-VL-32B teacher); without it the model has no V_top head.
-    ce_loss_weight (`float`, *optional*, defaults to 1.0):
-        Weight of the next-token cross-entropy.
-    vtop_loss_weight (`float`, *optional*, defaults to 0.3):
-        Weight of `1 - cos(V_top prediction, teacher V_top)`.
-    trajectory_loss_weight (`float`, *optional*, defaults to 0.3):
-        Weight of `KL(teacher trajectory || predicted trajectory)`.
-    use_trajectory_loss (`bool`, *optional*, defaults to `True`):
-        Whether trajectory targets, when given, enter the loss.
-    training_stage (`int`, *optional*, defaults to 0):
-        0: single stage, causal attention. 1: bottleneck, the answer (and, with `block_prompt`, the question after
-        the image) cannot attend to image tokens; the latent tokens can. 2: joint, causal attention.
-    block_prompt (`bool`, *optional*, defaults to `True`):
-        In stage 1, also block the text between the image and the first latent token from the image.
-    ce_in_stage1 (`bool`, *optional*, defaults to `True`):
-        Whether the cross-entropy enters the stage-1 loss. The reference README says stage 1 optimises only the
-        visual losses while its code keeps CE; we follow the code, whose scripts produced the released figures.
-        When off, `loss_ce` is still computed and reported, without gradient.
-    head_input (`str`, *optional*, defaults to `"last_latent"`):
-        Which latent state feeds the two heads: `"last_latent"` (the paper) or `"mean_latent"` (the mean over the
-        K latent tokens).
+    Configuration of a LaViT student on Qwen2.5-VL (arXiv 2601.10129). Only the fields that Qwen2.5-VL lacks are
+    listed (see `LaViTConfigMixin`); the defaults reproduce the paper.
     """
 
     model_type = "lavit"
-
-    # Latent tokens.
-    num_latent_tokens: int = 4
-    latent_token_ids: list[int] | None = None
-    # Distillation heads and losses.
-    teacher_hidden_size: int | None = None
-    ce_loss_weight: float = 1.0
-    vtop_loss_weight: float = 0.3
-    trajectory_loss_weight: float = 0.3
-    use_trajectory_loss: bool = True
-    head_input: Literal["last_latent", "mean_latent"] = "last_latent"
-    # Stage schedule (METHOD.md section 3).
-    training_stage: Literal[0, 1, 2] = 0
-    block_prompt: bool = True
-    ce_in_stage1: bool = True
-
-    def validate_lavit(self):
-        """Part of `@strict`-powered validation: the latent tokens and the stage must make sense together."""
-        if self.num_latent_tokens < 1:
-            raise ValueError(f"num_latent_tokens must be at least 1, got {self.num_latent_tokens}.")
-        if self.latent_token_ids is not None:
-            if len(self.latent_token_ids) != self.num_latent_tokens:
-                raise ValueError(
-                    f"latent_token_ids has {len(self.latent_token_ids)} ids but num_latent_tokens is "
-                    f"{self.num_latent_tokens}."
-                )
-            vocab_size = self.get_text_config().vocab_size
-            out_of_range = [i for i in self.latent_token_ids if not 0 <= i < vocab_size]
-            if out_of_range:
-                raise ValueError(f"latent_token_ids {out_of_range} lie outside the vocabulary (size {vocab_size}).")
-        if self.teacher_hidden_size is not None and self.teacher_hidden_size < 1:
-            raise ValueError(f"teacher_hidden_size must be positive, got {self.teacher_hidden_size}.")
+    base_model_type = "qwen2_5_vl"
 
 
 __all__ = ["LaViTConfig"]

@@ -130,6 +130,7 @@ def box_in_image(bbox: list[float], image_size: tuple[int, int], frame: str = "s
     ```python
     >>> box_in_image([0.0, 0.25, 1.0, 0.75], (200, 100))  # the whole 200x100 image inside its 200x200 square
     [0.0, 0.0, 1.0, 1.0]
+
     ```
     """
     if frame not in BBOX_FRAMES:
@@ -170,6 +171,7 @@ def box_mass(
     ```python
     >>> box_mass([0.25, 0.25, 0.25, 0.25], (2, 2), (100, 100), [0.0, 0.0, 0.5, 1.0])
     0.5
+
     ```
     """
     height, width = grid

@@ -93,8 +93,12 @@ def check_text(text: str, tokenizer, where: str, field: str = "question", reserv
 
 
 def pixel_limits(processor) -> tuple[int, int]:
-    """The `(min_pixels, max_pixels)` image-area limits the processor resizes images to."""
+    """The `(min_pixels, max_pixels)` image-area limits the processor resizes images to; a processor that resizes every
+    image to one `height x width` (Gemma 3) gives that one area twice."""
     size = processor.image_processor.size
+    if size.get("shortest_edge") is None and size.get("height") is not None:
+        area = int(size["height"]) * int(size["width"])
+        return area, area
     return int(size["shortest_edge"]), int(size["longest_edge"])
 
 

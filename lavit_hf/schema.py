@@ -1,4 +1,12 @@
-"""The one schema of a LaViT dataset: the columns teacher extraction writes and the collator and demo read."""
+"""The one schema of a LaViT dataset: the columns teacher extraction writes and the collator and demo read.
+
+Each trajectory method (the teacher side registers them by name, `datasets_scripts.teacher.TRAJECTORY_METHODS`)
+stores two columns named after it, `trajectory_column(name)` and `trajectory_steps_column(name)`, so a dataset tells
+which methods it holds (`trajectory_methods`) without any list of methods here.
+"""
+
+import re
+from collections.abc import Iterable
 
 import datasets
 
@@ -15,16 +23,71 @@ BBOX = "bbox"
 TEACHER_RESPONSE = "teacher_response"
 TEACHER_RESPONSE_STEPS = "teacher_response_steps"
 TEACHER_GRID = "teacher_grid"
+TEACHER_FAMILY = "teacher_family"
 VTOP = "vtop"
 VTOP_TOKENS = "vtop_tokens"
-TRAJECTORY_ATTENTION = "trajectory_attention"
-TRAJECTORY_GRADIENT = "trajectory_gradient"
-TRAJECTORY_STEPS_ATTENTION = "trajectory_steps_attention"
-TRAJECTORY_STEPS_GRADIENT = "trajectory_steps_gradient"
 TRAJECTORY_LAYERS = "trajectory_layers"
 TRAJECTORY_SPAN = "trajectory_span"
 
-TRAJECTORY_COLUMNS = {"attention": TRAJECTORY_ATTENTION, "gradient": TRAJECTORY_GRADIENT}
+_TRAJECTORY_PREFIX = "trajectory_"
+_STEPS_PREFIX = "trajectory_steps_"
+_METHOD_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def _checked_method(name: str) -> str:
+    if not isinstance(name, str) or not _METHOD_NAME.fullmatch(name) or name in ("layers", "span"):
+        raise ValueError(
+            f"Trajectory method name {name!r}: expected lowercase letters, digits and underscores, starting with a "
+            "letter (and not 'layers' or 'span', which name other columns)."
+        )
+    return name
+
+
+def trajectory_column(method: str) -> str:
+    """The column holding method `method`'s trajectory (one distribution over the teacher's grid).
+
+    Example:
+
+    ```python
+    >>> trajectory_column("attention"), trajectory_steps_column("attention")
+    ('trajectory_attention', 'trajectory_steps_attention')
+
+    ```
+    """
+    return _TRAJECTORY_PREFIX + _checked_method(method)
+
+
+def trajectory_steps_column(method: str) -> str:
+    """The column holding method `method`'s trajectories per response step."""
+    return _STEPS_PREFIX + _checked_method(method)
+
+
+def trajectory_methods(columns: Iterable[str]) -> list[str]:
+    """The trajectory methods a dataset holds, read from its column names (or a row's keys), in column order.
+
+    Example:
+
+    ```python
+    >>> trajectory_methods(["id", "trajectory_attention", "trajectory_steps_attention", "trajectory_layers"])
+    ['attention']
+
+    ```
+    """
+    columns = list(columns)
+    return [
+        column.removeprefix(_TRAJECTORY_PREFIX)
+        for column in columns
+        if column.startswith(_TRAJECTORY_PREFIX)
+        and not column.startswith(_STEPS_PREFIX)
+        and column not in (TRAJECTORY_LAYERS, TRAJECTORY_SPAN)
+    ]
+
+
+# The two methods extraction ships with, by column (the card describes them).
+TRAJECTORY_ATTENTION = trajectory_column("attention")
+TRAJECTORY_GRADIENT = trajectory_column("gradient")
+TRAJECTORY_STEPS_ATTENTION = trajectory_steps_column("attention")
+TRAJECTORY_STEPS_GRADIENT = trajectory_steps_column("gradient")
 
 
 def lavit_features(
@@ -38,7 +101,8 @@ def lavit_features(
         token_features (`bool`, *optional*, defaults to `False`):
             Whether the token-wise `vtop_tokens` matrix `[n_image_tokens, D]` (float16) is stored.
         trajectory_methods (`tuple[str, ...]`, *optional*, defaults to `("attention",)`):
-            Which trajectories are stored: `"attention"`, `"gradient"` or both.
+            The names of the trajectory methods stored (`"attention"`, `"gradient"`, or any method the teacher side
+            registers), each in the columns `trajectory_column(name)` and `trajectory_steps_column(name)`.
 
     Columns:
         - `id` (string): deterministic key of the sample (source + question id), unique in the dataset.
@@ -49,20 +113,21 @@ def lavit_features(
           square, or empty.
         - `teacher_response` (string), `teacher_response_steps` (list of string): the teacher's own answer, and its
           steps when step splitting was asked for (else one step, the whole response).
-        - `teacher_grid` ([h, w] int32): the teacher's merged image-token grid; trajectories and `vtop_tokens` are
-          laid out row-major on it (`h * w` entries).
+        - `teacher_family` (string): the teacher's model family, its `model_type` (`qwen2_5_vl`, `qwen3_vl`,
+          `gemma3`, ...).
+        - `teacher_grid` ([h, w] int32): the teacher's image-token grid (one 2-D grid per image); trajectories and
+          `vtop_tokens` are laid out row-major on it (`h * w` entries).
         - `vtop` (list of float32, D entries): mean over the image tokens of the teacher's last decoder layer output
           (before the final norm).
         - `vtop_tokens` (Array2D (None, D) float16, optional): the same features per image token.
-        - `trajectory_attention` / `trajectory_gradient` (list of float32, `h * w` entries, summing to 1).
-        - `trajectory_steps_attention` / `trajectory_steps_gradient` (list of list of float32): one distribution
-          per response step.
+        - `trajectory_<method>` (list of float32, `h * w` entries, summing to 1), one column per method (for example
+          `trajectory_attention`, `trajectory_gradient`).
+        - `trajectory_steps_<method>` (list of list of float32): one distribution per response step.
         - `trajectory_layers` (list of int32): the teacher layers the attention trajectory averages over.
         - `trajectory_span` ([start, end) int32): the response tokens' positions in the teacher's sequence.
     """
-    unknown = set(trajectory_methods) - set(TRAJECTORY_COLUMNS)
-    if unknown or not trajectory_methods:
-        raise ValueError(f"trajectory_methods {trajectory_methods}: expected a non-empty subset of {set(TRAJECTORY_COLUMNS)}.")
+    if not trajectory_methods or len(set(trajectory_methods)) != len(trajectory_methods):
+        raise ValueError(f"trajectory_methods {trajectory_methods}: expected one or more distinct method names.")
     floats = datasets.List(datasets.Value("float32"))
     pair = datasets.List(datasets.Value("int32"), length=2)
     columns = {
@@ -76,6 +141,7 @@ def lavit_features(
         BBOX: floats,
         TEACHER_RESPONSE: datasets.Value("string"),
         TEACHER_RESPONSE_STEPS: datasets.List(datasets.Value("string")),
+        TEACHER_FAMILY: datasets.Value("string"),
         TEACHER_GRID: pair,
         VTOP: datasets.List(datasets.Value("float32"), length=teacher_hidden_size),
         TRAJECTORY_LAYERS: datasets.List(datasets.Value("int32")),
@@ -83,12 +149,9 @@ def lavit_features(
     }
     if token_features:
         columns[VTOP_TOKENS] = datasets.Array2D((None, teacher_hidden_size), "float16")
-    if "attention" in trajectory_methods:
-        columns[TRAJECTORY_ATTENTION] = floats
-        columns[TRAJECTORY_STEPS_ATTENTION] = datasets.List(floats)
-    if "gradient" in trajectory_methods:
-        columns[TRAJECTORY_GRADIENT] = floats
-        columns[TRAJECTORY_STEPS_GRADIENT] = datasets.List(floats)
+    for method in trajectory_methods:
+        columns[trajectory_column(method)] = floats
+        columns[trajectory_steps_column(method)] = datasets.List(floats)
     return datasets.Features(columns)
 
 
@@ -99,4 +162,10 @@ def teacher_hidden_size_of(features: datasets.Features) -> int:
     return features[VTOP].length
 
 
-__all__ = [name for name in dir() if name.isupper()] + ["lavit_features", "teacher_hidden_size_of"]
+__all__ = [name for name in dir() if name.isupper() and not name.startswith("_")] + [
+    "lavit_features",
+    "teacher_hidden_size_of",
+    "trajectory_column",
+    "trajectory_methods",
+    "trajectory_steps_column",
+]

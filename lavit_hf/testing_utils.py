@@ -57,6 +57,7 @@ def synthetic_lavit_rows(
             schema.BBOX: [],
             schema.TEACHER_RESPONSE: answer,
             schema.TEACHER_RESPONSE_STEPS: [answer],
+            schema.TEACHER_FAMILY: "qwen2_5_vl",
             schema.TEACHER_GRID: [grid_h, grid_w],
             schema.VTOP: vtop_tokens.astype(np.float32).mean(axis=0).tolist(),
             schema.TRAJECTORY_LAYERS: [0],

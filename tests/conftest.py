@@ -12,32 +12,69 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models on a few shared cores (xdist runs one test process per core): one intra-op thread per process is several
+# times faster than oversubscribed ones (a tiny student's forward: 0.05 s against 0.46 s with two threads under load).
+# Set for the subprocesses too, whose results some tests compare bit for bit with in-process ones.
+if "OMP_NUM_THREADS" not in os.environ:
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_SAMPLES = REPO_ROOT / "tests" / "fixtures" / "bench_samples"
 
 
 @pytest.fixture(scope="session")
-def tiny_lavit_pair():
-    """A tiny random LaViT student and its processor; use `tiny_lavit` for a private copy."""
+def tiny_students():
+    """`get(family)`: a tiny random LaViT student of a student family (`lavit_hf.STUDENT_FAMILIES`) and its processor,
+    built once per session on first use."""
     from lavit_hf import build_tiny_lavit
 
-    return build_tiny_lavit(seed=0)
+    cache = {}
+
+    def get(family: str):
+        if family not in cache:
+            cache[family] = build_tiny_lavit(seed=0, family=family)
+        return cache[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_teachers():
+    """`get(family)`: a tiny random model of any tiny family (`lavit_hf.tiny.TINY_FAMILIES`) and its processor, built
+    once per session on first use."""
+    from lavit_hf import build_tiny_base
+
+    cache = {}
+
+    def get(family: str):
+        if family not in cache:
+            cache[family] = build_tiny_base(family, seed=1)
+        return cache[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_lavit_pair(tiny_students):
+    """A tiny random LaViT student (Qwen2.5-VL) and its processor; use `tiny_lavit` for a private copy."""
+    return tiny_students("qwen2_5_vl")
 
 
 @pytest.fixture
 def tiny_lavit(tiny_lavit_pair):
-    """A private deep copy of the tiny student (free to train or re-stage) and its processor."""
+    """A private deep copy of the tiny student (free to train or re-stage) and its processor (shared: copying its
+    152k-token tokenizer costs seconds)."""
     model, processor = tiny_lavit_pair
-    return copy.deepcopy(model), processor
+    return copy.deepcopy(model, memo={id(processor): processor}), processor
 
 
 @pytest.fixture(scope="session")
-def tiny_teacher_pair():
+def tiny_teacher_pair(tiny_teachers):
     """A tiny random Qwen2.5-VL teacher and its processor."""
-    from lavit_hf import build_tiny_qwen2_5_vl
-
-    return build_tiny_qwen2_5_vl(seed=1)
+    return tiny_teachers("qwen2_5_vl")
 
 
 @pytest.fixture(scope="session")

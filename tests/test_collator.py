@@ -8,6 +8,7 @@ import torch
 
 from lavit_hf import schema
 from lavit_hf.grids import resample_grid, resample_trajectory
+from lavit_hf.heads import pool_vtop_target
 from lavit_hf.testing_utils import synthetic_lavit_dataset, synthetic_lavit_rows
 from trainer.collator import DataCollatorForLaViT
 from trainer.train import with_target_format
@@ -88,7 +89,7 @@ def test_token_wise_vtop_is_resampled(tiny_lavit_pair):
     expected = resample_grid(torch.as_tensor(rows[1]["vtop_tokens"]).float(), (3, 5), (3, 4))
     torch.testing.assert_close(batch["vtop_target"][1], expected)
     model, _ = tiny_lavit_pair
-    assert model.pool_vtop_target(batch["vtop_target"], batch["vtop_target_mask"]).shape == (2, D)
+    assert pool_vtop_target(batch["vtop_target"], batch["vtop_target_mask"]).shape == (2, D)
 
 
 def test_torch_formatted_rows_give_the_same_batch(collator):

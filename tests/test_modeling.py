@@ -1,17 +1,28 @@
-"""Behaviour of the LaViT model through its public API, on tiny random models (METHOD.md sections 2, 3, 6)."""
+"""Behaviour of the LaViT model through its public API, on tiny random models of every student family (METHOD.md
+sections 2, 3, 6). The attention-rule tests compare the final hidden states (the logits are the LM head applied to
+them), which skips the 152k-wide projection on the CPU."""
 
 import copy
 
 import pytest
 import torch
 from PIL import Image
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from lavit_hf import LaViTForConditionalGeneration
+from lavit_hf import STUDENT_FAMILIES
+from lavit_hf.heads import align_trajectory_target
 from lavit_hf.losses import labelled_causal_lm_loss, trajectory_kl_loss, vtop_cosine_loss
 
 
 ATTENTION_IMPLEMENTATIONS = ["sdpa", "eager"]
+FAMILIES = list(STUDENT_FAMILIES)
+DEFAULT = "qwen2_5_vl"
+
+
+def with_families(stages_for_all, stages_for_default):
+    """`(student, stage)` parameters: some stages for every family, more for the default one only (the rule-free stages
+    0 and 2 run the same code path)."""
+    pairs = [(family, stage) for stage in stages_for_all for family in FAMILIES]
+    return pairs + [(DEFAULT, stage) for stage in stages_for_default]
 
 
 def image(size, seed):
@@ -43,7 +54,7 @@ SAMPLES = [
 
 
 def spans(model, input_ids):
-    """Per sample: last image position, first and last latent position, last real position."""
+    """Per sample: first and last image position, first and last latent position."""
     out = []
     for row in input_ids:
         image_pos = (row == model.config.image_token_id).nonzero().flatten()
@@ -52,23 +63,40 @@ def spans(model, input_ids):
     return out
 
 
+def clone(model):
+    """A private copy of a student sharing its attached processor (copying a 152k-token tokenizer costs seconds)."""
+    return copy.deepcopy(model, memo={id(model.processor): model.processor})
+
+
 def staged(model, stage, attn, block_prompt=True):
-    model = copy.deepcopy(model)
+    model = clone(model)
     model.set_training_stage(stage)
     model.config.block_prompt = block_prompt
     model.set_attn_implementation(attn)
     return model
 
 
-@pytest.fixture(scope="module")
-def student(tiny_lavit_pair):
-    return tiny_lavit_pair
+def family_class(obj):
+    """The transformers class a LaViT binding (model or config) extends."""
+    return next(cls for cls in type(obj).__mro__ if cls.__module__.startswith("transformers."))
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def student(request, tiny_students):
+    return tiny_students(request.param)
 
 
 @pytest.fixture(scope="module")
 def inputs(student):
     _, processor = student
     return batch(processor, SAMPLES)
+
+
+@pytest.fixture(scope="module")
+def qwen2_5(tiny_lavit_pair):
+    """The Qwen2.5-VL student and its inputs, for what no family changes (loss combination, target checks)."""
+    model, processor = tiny_lavit_pair
+    return model, batch(processor, SAMPLES)
 
 
 def with_pixels(inputs, seed):
@@ -83,18 +111,40 @@ def logits(model, inputs, **kwargs):
         return model(**inputs, **kwargs).logits
 
 
-# --- identity with Qwen2.5-VL -------------------------------------------------------------------------------------
+def states(model, inputs, **kwargs):
+    """The final hidden states (the rules' effect on them is their effect on the logits)."""
+    with torch.no_grad():
+        return model.model(**inputs, **kwargs).last_hidden_state
 
 
-@pytest.mark.parametrize("stage", [0, 2])
-def test_no_target_forward_is_exactly_qwen(student, inputs, stage):
+# --- identity with the family ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("student", "stage"), with_families([0], [2]), indirect=["student"])
+def test_no_target_forward_is_exactly_the_family(student, inputs, stage):
     model, _ = student
     model = staged(model, stage, "sdpa")
-    qwen_config = Qwen2_5_VLConfig(**{k: v for k, v in model.config.to_dict().items() if k in Qwen2_5_VLConfig.__dataclass_fields__})
-    qwen = Qwen2_5_VLForConditionalGeneration(qwen_config).eval()
-    missing, unexpected = qwen.load_state_dict(model.state_dict(), strict=False)
+    base_config_class, base_class = family_class(model.config), family_class(model)
+    fields = {k: v for k, v in model.config.to_dict().items() if k in base_config_class.__dataclass_fields__}
+    base = base_class(base_config_class(**fields)).eval()
+    missing, unexpected = base.load_state_dict(model.state_dict(), strict=False)
     assert missing == [] and all(k.startswith(("vtop_head.", "trajectory_query.")) for k in unexpected)
-    assert torch.equal(logits(model, inputs), logits(qwen, inputs))
+    assert torch.equal(logits(model, inputs), logits(base, inputs))
+
+
+def test_the_base_model_is_built_once(student, monkeypatch):
+    model, _ = student
+    base_class = family_class(model.model)
+    built = []
+    original = base_class.__init__
+
+    def counted(self, *args, **kwargs):
+        built.append(type(self).__name__)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(base_class, "__init__", counted)
+    type(model)(model.config)
+    assert built == [type(model.model).__name__]
 
 
 # --- the stage-1 bottleneck ---------------------------------------------------------------------------------------
@@ -106,12 +156,12 @@ def test_stage1_blocks_the_image_outside_the_latent_tokens(student, attn, paddin
     model, processor = student
     model = staged(model, 1, attn)
     inputs = batch(processor, SAMPLES, padding_side)
-    before, after = logits(model, inputs), logits(model, with_pixels(inputs, 7))
+    before, after = states(model, inputs), states(model, with_pixels(inputs, 7))
     for sample, (first_img, last_img, first_lat, last_lat) in enumerate(spans(model, inputs["input_ids"])):
         real = inputs["attention_mask"][sample].bool()
         changed = (before[sample] != after[sample]).any(-1) & real
         # Before the image (causal) and between the image and the latent tokens (block_prompt): exactly equal.
-        assert not changed[: first_img].any() and not changed[last_img + 1 : first_lat].any()
+        assert not changed[:first_img].any() and not changed[last_img + 1 : first_lat].any()
         # The latent tokens see the image, and so does the answer, through them.
         assert changed[first_lat : last_lat + 1].all()
         assert changed[last_lat + 1 :][real[last_lat + 1 :]].any()
@@ -119,11 +169,12 @@ def test_stage1_blocks_the_image_outside_the_latent_tokens(student, attn, paddin
 
 @pytest.mark.parametrize("attn", ATTENTION_IMPLEMENTATIONS)
 def test_stage1_answer_sees_the_image_only_through_the_latent_tokens(student, inputs, attn):
+    """The exact-zero leak: with the latent tokens hidden from later positions, nothing after them depends on the
+    pixels, to the last bit (an eager mask in the wrong format lets attention mass through)."""
     model, _ = student
     model = staged(model, 1, attn)
-    # With the latent tokens hidden from later positions, nothing after them may depend on the pixels.
-    before = logits(model, inputs, mask_latent=True)
-    after = logits(model, with_pixels(inputs, 3), mask_latent=True)
+    before = states(model, inputs, mask_latent=True)
+    after = states(model, with_pixels(inputs, 3), mask_latent=True)
     for sample, (_, _, _, last_lat) in enumerate(spans(model, inputs["input_ids"])):
         assert torch.equal(before[sample, last_lat + 1 :], after[sample, last_lat + 1 :])
         assert not torch.equal(before[sample, last_lat], after[sample, last_lat])
@@ -133,21 +184,23 @@ def test_stage1_answer_sees_the_image_only_through_the_latent_tokens(student, in
 def test_stage1_without_block_prompt_lets_the_question_see_the_image(student, inputs, attn):
     model, _ = student
     model = staged(model, 1, attn, block_prompt=False)
-    before, after = logits(model, inputs), logits(model, with_pixels(inputs, 5))
+    before, after = states(model, inputs), states(model, with_pixels(inputs, 5))
     for sample, (_, last_img, first_lat, _) in enumerate(spans(model, inputs["input_ids"])):
         assert (before[sample, last_img + 1 : first_lat] != after[sample, last_img + 1 : first_lat]).any(-1).all()
 
 
 @pytest.mark.parametrize("attn", ATTENTION_IMPLEMENTATIONS)
-@pytest.mark.parametrize("stage", [0, 1, 2])
-def test_a_later_token_never_changes_an_earlier_logit(student, inputs, attn, stage):
+@pytest.mark.parametrize(("student", "stage"), with_families([0, 1], [2]), indirect=["student"])
+def test_a_later_token_never_changes_an_earlier_state(student, inputs, attn, stage):
     model, _ = student
     model = staged(model, stage, attn)
-    before = logits(model, inputs)
-    for sample, (_, _, _, last_lat) in enumerate(spans(model, inputs["input_ids"])):
-        changed = {key: value.clone() for key, value in inputs.items()}
+    before = states(model, inputs)
+    changed = {key: value.clone() for key, value in inputs.items()}
+    ends = [last_lat for _, _, _, last_lat in spans(model, inputs["input_ids"])]
+    for sample, last_lat in enumerate(ends):  # the rows of a batch are independent: one change in each
         changed["input_ids"][sample, last_lat + 2] = 1000
-        after = logits(model, changed)
+    after = states(model, changed)
+    for sample, last_lat in enumerate(ends):
         assert torch.equal(before[sample, : last_lat + 2], after[sample, : last_lat + 2])
         assert not torch.equal(before[sample, last_lat + 2], after[sample, last_lat + 2])
 
@@ -156,9 +209,9 @@ def test_a_later_token_never_changes_an_earlier_logit(student, inputs, attn, sta
 def test_stage1_padded_batch_equals_one_by_one(student, attn):
     model, processor = student
     model = staged(model, 1, attn)
-    together = logits(model, batch(processor, SAMPLES))
+    together = states(model, batch(processor, SAMPLES))
     for sample, triple in enumerate(SAMPLES):
-        alone = logits(model, batch(processor, [triple]))[0]
+        alone = states(model, batch(processor, [triple]))[0]
         torch.testing.assert_close(together[sample, : alone.shape[0]], alone, atol=2e-5, rtol=1e-4)
 
 
@@ -203,10 +256,25 @@ def test_generation_with_cache_follows_the_mask_rules(student, stage):
         ids = inputs["input_ids"]
         for _ in range(4):
             step = {**inputs, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
-            step["mm_token_type_ids"] = torch.nn.functional.pad(inputs["mm_token_type_ids"], (0, ids.shape[1] - inputs["input_ids"].shape[1]))
-            next_id = model(**step, mask_latent=True).logits[:, -1].argmax(-1, keepdim=True)
+            step["mm_token_type_ids"] = torch.nn.functional.pad(
+                inputs["mm_token_type_ids"], (0, ids.shape[1] - inputs["input_ids"].shape[1])
+            )
+            next_id = model(**step, mask_latent=True, logits_to_keep=1).logits[:, -1].argmax(-1, keepdim=True)
             ids = torch.cat([ids, next_id], dim=1)
     assert torch.equal(generated, ids)
+
+
+def test_a_prepared_mask_cannot_carry_the_rules(qwen2_5):
+    """A static cache makes `generate` hand the model a prepared 4-D mask at each decoding step: refused in stage 1
+    (never a silent plain causal mask)."""
+    model, _ = qwen2_5
+    model = staged(model, 1, "sdpa")
+    processor = model.processor
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True) + "<lvr1><lvr2><lvr3><lvr4>"
+    inputs = processor(text=[prompt], images=[SAMPLES[0][2]], return_tensors="pt")
+    with torch.no_grad(), pytest.raises(ValueError, match="a prepared .* attention mask was given"):
+        model.generate(**inputs, max_new_tokens=2, do_sample=False, cache_implementation="static")
 
 
 # --- the heads and their losses -----------------------------------------------------------------------------------
@@ -249,9 +317,8 @@ def test_losses_equal_an_independent_computation(student, inputs):
     assert out.loss_traj > 0 and out.loss_vtop > 0
 
 
-def test_losses_send_gradient_to_both_heads(tiny_lavit, inputs):
-    model, _ = tiny_lavit
-    model.train()
+def test_losses_send_gradient_to_both_heads(student, inputs):
+    model = clone(student[0]).train()
     out = model(**inputs, labels=inputs["input_ids"], **targets(model, inputs))
     out.loss.backward()
     expected = model.config.ce_loss_weight * out.loss_ce + 0.3 * out.loss_vtop + 0.3 * out.loss_traj
@@ -260,7 +327,7 @@ def test_losses_send_gradient_to_both_heads(tiny_lavit, inputs):
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
 
 
-@pytest.mark.parametrize("stage", [0, 1])
+@pytest.mark.parametrize(("student", "stage"), with_families([1], [0]), indirect=["student"])
 def test_batched_and_one_by_one_losses_agree(student, stage):
     model, processor = student
     model = staged(model, stage, "sdpa")
@@ -283,8 +350,8 @@ def test_batched_and_one_by_one_losses_agree(student, stage):
         torch.testing.assert_close(getattr(together, name), mean, atol=1e-5, rtol=1e-4)
 
 
-def test_stage1_ce_switch(student, inputs):
-    model, _ = student
+def test_stage1_ce_switch(qwen2_5):
+    model, inputs = qwen2_5
     model = staged(model, 1, "sdpa")
     goal = targets(model, inputs)
     with torch.no_grad():
@@ -295,15 +362,27 @@ def test_stage1_ce_switch(student, inputs):
     torch.testing.assert_close(with_ce.loss, without_ce.loss + with_ce.loss_ce)
 
 
-def test_token_wise_vtop_target_is_mean_pooled(student, inputs):
-    model, _ = student
+def test_token_wise_vtop_target_is_mean_pooled(qwen2_5):
+    model, inputs = qwen2_5
     goal = targets(model, inputs)
     tokens = torch.randn(2, 5, model.config.teacher_hidden_size)
+    tokens[0, 3:] = float("nan")  # padded rows may hold anything
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
     pooled = torch.stack([tokens[0, :3].mean(0), tokens[1].mean(0)])
     with torch.no_grad():
-        wise = model(**inputs, trajectory_target=goal["trajectory_target"], trajectory_mask=goal["trajectory_mask"], vtop_target=tokens, vtop_target_mask=mask)
-        flat = model(**inputs, trajectory_target=goal["trajectory_target"], trajectory_mask=goal["trajectory_mask"], vtop_target=pooled)
+        wise = model(
+            **inputs,
+            trajectory_target=goal["trajectory_target"],
+            trajectory_mask=goal["trajectory_mask"],
+            vtop_target=tokens,
+            vtop_target_mask=mask,
+        )
+        flat = model(
+            **inputs,
+            trajectory_target=goal["trajectory_target"],
+            trajectory_mask=goal["trajectory_mask"],
+            vtop_target=pooled,
+        )
     torch.testing.assert_close(wise.loss_vtop, flat.loss_vtop)
 
 
@@ -323,8 +402,8 @@ def test_pure_loss_functions():
 # --- bad input -----------------------------------------------------------------------------------------------------
 
 
-def test_bad_inputs_name_the_sample(student, inputs):
-    model, processor = student
+def test_bad_inputs_name_the_sample(qwen2_5):
+    model, inputs = qwen2_5
     goal = targets(model, inputs)
     with pytest.raises(ValueError, match="vtop_target has shape"):
         model(**inputs, vtop_target=torch.zeros(2, 7))
@@ -341,19 +420,46 @@ def test_bad_inputs_name_the_sample(student, inputs):
     with pytest.raises(ValueError, match="Sample 0: .* image tokens in input_ids but image_grid_thw gives"):
         model(**wrong_grid, **goal)
     with pytest.raises(ValueError, match="Unknown training stage 3"):
-        copy.deepcopy(model).set_training_stage(3)
+        clone(model).set_training_stage(3)
     with pytest.raises(ValueError, match="no V_top head"):
-        bare = copy.deepcopy(model)
+        bare = clone(model)
         bare.vtop_head = None
         bare(**inputs, **goal)
 
 
-def test_flex_attention_applies_the_same_rule(student, inputs):
+def test_bad_targets_name_the_sample(qwen2_5):
+    """Through the model API (no collator), a target that is no finite V_top or no distribution is refused, naming the
+    sample, before the forward: a NaN V_top would give a NaN loss, a NaN or negative trajectory would be ignored."""
+    model, inputs = qwen2_5
+    goal = targets(model, inputs)
+    cases = {
+        "Sample 1: vtop_target holds non-finite values": ("vtop_target", (1, 3), float("nan")),
+        "Sample 0: trajectory_target holds non-finite values": ("trajectory_target", (0, 2), float("nan")),
+        "Sample 1: trajectory_target has negative entries": ("trajectory_target", (1, 0), -0.5),
+        "Sample 0: trajectory_target does not sum to 1": ("trajectory_target", (0, 0), 5.0),
+    }
+    for message, (name, where, value) in cases.items():
+        bad = {key: tensor.clone() for key, tensor in goal.items()}
+        bad[name][where] = value
+        with pytest.raises(ValueError, match=message):
+            model(**inputs, **bad)
+    tokens = torch.randn(2, 5, model.config.teacher_hidden_size)
+    tokens[1, 2, 0] = float("inf")  # a valid row
+    with pytest.raises(ValueError, match="Sample 1: vtop_target holds non-finite values"):
+        model(**inputs, vtop_target=tokens, vtop_target_mask=torch.ones(2, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="Sample 0: vtop_target_mask selects no row"):
+        model(**inputs, vtop_target=tokens, vtop_target_mask=torch.tensor([[0] * 5, [1] * 5], dtype=torch.bool))
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"], ids=["mask-mapping", "prepared-4d-mask"])
+def test_flex_attention_applies_the_same_rule(tiny_students, family):
     """Flex attention (registered under our name; forward only, as flex has no CPU backward) equals sdpa in stage 1,
-    where the mask function becomes a BlockMask, and blocks the image exactly as sdpa does."""
+    where the mask function becomes a BlockMask, and blocks the image exactly as sdpa does; a text model that takes a
+    mapping of masks and one that takes the prepared mask alike."""
     from lavit_hf.attention import register_flex_attention
 
-    model, _ = student
+    model, processor = tiny_students(family)
+    inputs = batch(processor, SAMPLES)
     flex = staged(model, 1, "sdpa")
     flex.set_attn_implementation({"text_config": register_flex_attention(), "vision_config": "sdpa"})
     before, after = logits(flex, inputs), logits(flex, with_pixels(inputs, 7))
@@ -364,16 +470,23 @@ def test_flex_attention_applies_the_same_rule(student, inputs):
         assert (before[sample, first_lat : last_lat + 1] != after[sample, first_lat : last_lat + 1]).any(-1).all()
 
 
-def test_labelled_ce_equals_full_logit_ce(student, inputs):
-    model, _ = student
+def test_labelled_ce_equals_full_logit_ce(qwen2_5):
+    model, inputs = qwen2_5
     labels = inputs["input_ids"].clone()
     labels[:, :20] = -100
     labels[inputs["attention_mask"] == 0] = -100
     with torch.no_grad():
         hidden = model.model(**inputs).last_hidden_state
-        full = model.loss_function(logits=model.lm_head(hidden), labels=labels, vocab_size=model.config.text_config.vocab_size)
+        full = model.loss_function(
+            logits=model.lm_head(hidden), labels=labels, vocab_size=model.config.text_config.vocab_size
+        )
         torch.testing.assert_close(labelled_causal_lm_loss(model.lm_head, hidden, labels), full)
-        summed = model.loss_function(logits=model.lm_head(hidden), labels=labels, vocab_size=model.config.text_config.vocab_size, num_items_in_batch=7)
+        summed = model.loss_function(
+            logits=model.lm_head(hidden),
+            labels=labels,
+            vocab_size=model.config.text_config.vocab_size,
+            num_items_in_batch=7,
+        )
         torch.testing.assert_close(labelled_causal_lm_loss(model.lm_head, hidden, labels, 7), summed)
         # The sync-free gather (the count known in advance, as the forward knows it) selects the same tokens.
         count = int((labels[:, 1:] != -100).sum())
@@ -385,11 +498,11 @@ def test_trajectory_target_alignment_follows_any_mask():
     target = torch.tensor([[0.1, 0.9, 0.5, 0.0], [0.2, 0.3, 0.5, 0.7]])
     mask = torch.tensor([[True, False, True, False], [True, True, True, False]])
     image_valid = torch.tensor([[True, True, False], [True, True, True]])
-    aligned = LaViTForConditionalGeneration.align_trajectory_target(target, mask, image_valid)
+    aligned = align_trajectory_target(target, mask, image_valid)
     torch.testing.assert_close(aligned, torch.tensor([[0.1, 0.5, 0.0], [0.2, 0.3, 0.5]]))
     narrow = torch.tensor([[0.4, 0.6], [1.0, 0.0]]), torch.tensor([[True, True], [True, False]])
     wider = torch.tensor([[True, True, False], [True, False, False]])
-    aligned = LaViTForConditionalGeneration.align_trajectory_target(*narrow, wider)
+    aligned = align_trajectory_target(*narrow, wider)
     torch.testing.assert_close(aligned, torch.tensor([[0.4, 0.6, 0.0], [1.0, 0.0, 0.0]]))
 
 
@@ -403,12 +516,13 @@ def vision_inputs(processor, sizes):
 
 @pytest.mark.parametrize("sizes", [[(112, 112)], [(112, 84), (56, 56), (140, 196)]], ids=["full-windows", "ragged"])
 def test_packed_vision_attention_equals_the_window_loop(student, sizes):
-    """One sdpa call per layer over the packed windows (all windows full: a reshape; ragged: padded and masked)
-    equals Qwen's loop of one sdpa call per window, in float32 and bfloat16, and passes the same gradient."""
+    """One sdpa call per layer over the packed segments (Qwen2.5-VL's windows, or whole images for Qwen2-VL and
+    Qwen3-VL; all segments equally long: a reshape; ragged: padded and masked) equals the family's loop of one sdpa
+    call per segment, in float32 and bfloat16, and passes the same gradient."""
     from lavit_hf.attention import PACKED_VISION_ATTENTION, use_packed_vision_attention
 
     model, processor = student
-    model = copy.deepcopy(model).float()
+    model = clone(model).float()
     model.set_attn_implementation("sdpa")
     pixels, grid = vision_inputs(processor, sizes)
     pixels.requires_grad_(True)
@@ -432,22 +546,21 @@ def test_packed_vision_attention_equals_the_window_loop(student, sizes):
 
 
 def test_frozen_vision_tower_runs_without_autograd(student, inputs):
-    """Activation checkpointing hooks the tower's patch embedding to require grad, so stock Qwen2.5-VL records autograd
-    through a frozen tower (then recomputes and backpropagates it for nothing). Ours computes the same features
-    without autograd when the tower is frozen, and keeps autograd when it trains."""
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
-
+    """Activation checkpointing hooks the tower's patch embedding to require grad, so the stock family model records
+    autograd through a frozen tower (then recomputes and backpropagates it for nothing). Ours computes the same
+    features without autograd when the tower is frozen, and keeps autograd when it trains."""
     model, _ = student
-    model = copy.deepcopy(model).train()
+    model = clone(model).train()
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     pixels, grid = inputs["pixel_values"], inputs["image_grid_thw"]
     trained = model.model.get_image_features(pixels, grid).pooler_output
     assert all(part.requires_grad for part in trained)
     model.model.visual.requires_grad_(False)
-    stock = Qwen2_5_VLModel.get_image_features(model.model, pixels, grid).pooler_output
-    assert all(part.requires_grad for part in stock)  # the behaviour this avoids
+    stock = family_class(model.model).get_image_features(model.model, pixels, grid).pooler_output
+    # The behaviour this avoids: Qwen2-VL and Qwen2.5-VL hook the tower's patch embedding (Qwen3-VL's tower is not).
+    assert all(part.requires_grad for part in stock) == (model.config.model_type != "lavit_qwen3_vl")
     frozen = model.model.get_image_features(pixels, grid).pooler_output
     assert not any(part.requires_grad for part in frozen)
-    for ours, theirs, unfrozen in zip(frozen, stock, trained):
+    for ours, theirs, unfrozen in zip(frozen, stock, trained, strict=True):
         assert torch.equal(ours, theirs.detach())
         assert torch.equal(ours, unfrozen.detach())

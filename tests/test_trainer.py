@@ -76,7 +76,7 @@ def test_arguments_defaults_and_validation(tmp_path):
     assert args.stage_overrides(2) == {"max_steps": 600, "learning_rate": 2e-6, "warmup_steps": 0.03}
     assert args.bf16 == bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     for bad in ({"stage_schedule": "three"}, {"min_pixels": 10, "max_pixels": 5}, {"stage1_warmup_ratio": 1.5},
-                {"vtop_loss_weight": -1.0}, {"trajectory_method": "saliency"}):
+                {"vtop_loss_weight": -1.0}, {"trajectory_method": "saliency map"}):
         with pytest.raises(ValueError):
             LaViTTrainingArguments(output_dir=str(tmp_path), **bad)
     import dataclasses

@@ -129,8 +129,7 @@ class DataCollatorForLaViT(DataCollatorMixin):
     return_tensors: str = "pt"
 
     def __post_init__(self):
-        if self.trajectory_method not in schema.TRAJECTORY_COLUMNS:
-            raise ValueError(f"trajectory_method={self.trajectory_method!r}: expected one of {list(schema.TRAJECTORY_COLUMNS)}.")
+        self.trajectory_column = schema.trajectory_column(self.trajectory_method)  # refuses a malformed name
         if self.vtop_source not in ("pooled", "tokens"):
             raise ValueError(f"vtop_source={self.vtop_source!r}: expected 'pooled' or 'tokens'.")
         tokenizer = self.processor.tokenizer
@@ -139,10 +138,6 @@ class DataCollatorForLaViT(DataCollatorMixin):
             raise ValueError("The processor's tokenizer lacks the latent tokens: use the LaViT student's processor.")
         self.end_of_turn_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.reserved = reserved_tokens(tokenizer)
-
-    @property
-    def trajectory_column(self) -> str:
-        return schema.TRAJECTORY_COLUMNS[self.trajectory_method]
 
     @property
     def columns(self) -> list[str]:
@@ -284,6 +279,11 @@ class DataCollatorForLaViT(DataCollatorMixin):
     def _trajectory(
         self, example: dict[str, Any], row: str, teacher: tuple[int, int], student: tuple[int, int]
     ) -> torch.Tensor:
+        if self.trajectory_column not in example:
+            raise ValueError(
+                f"{row}: no {self.trajectory_column!r} column; the dataset holds the trajectory methods "
+                f"{schema.trajectory_methods(example)}: set trajectory_method to one of them."
+            )
         trajectory = _float_tensor(example.get(self.trajectory_column), self.trajectory_column, row)
         if trajectory.ndim != 1 or trajectory.numel() != teacher[0] * teacher[1]:
             raise ValueError(

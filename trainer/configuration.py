@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
+from lavit_hf.schema import trajectory_column
+
 
 logger = logging.getLogger(__name__)
 
 STAGE_SCHEDULES = ("single", "two_stage", "stage1", "stage2")
-TRAJECTORY_METHODS = ("attention", "gradient")
 VTOP_SOURCES = ("pooled", "tokens")
 VTOP_NORMALIZATIONS = ("none", "standardize")
 MODEL_DTYPES = ("float32", "bfloat16")
@@ -79,8 +80,9 @@ class LaViTTrainingArguments(TrainingArguments):
     model_name_or_path: str | None = field(
         default=None,
         metadata={
-            "help": "A Qwen2.5-VL checkpoint folder (converted to a LaViT student with `from_qwen2_5_vl`) or a LaViT "
-            "checkpoint (for example stage 1's output, to run stage 2 alone)."
+            "help": "A base checkpoint folder of a supported family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL; converted to a "
+            "LaViT student by `lavit_hf.lavit_from_base`) or a LaViT checkpoint (for example stage 1's output, to run "
+            "stage 2 alone)."
         },
     )
     num_latent_tokens: int = field(
@@ -177,7 +179,10 @@ class LaViTTrainingArguments(TrainingArguments):
     )
     trajectory_method: str = field(
         default="attention",
-        metadata={"help": "Which teacher trajectory column trains the trajectory head.", "choices": TRAJECTORY_METHODS},
+        metadata={
+            "help": "Which teacher trajectory trains the trajectory head: a method the dataset holds (its "
+            "`trajectory_<method>` column, e.g. attention or gradient)."
+        },
     )
     vtop_source: str = field(
         default="pooled",
@@ -328,7 +333,6 @@ class LaViTTrainingArguments(TrainingArguments):
     def _check_choices(self) -> None:
         for name, choices in (
             ("stage_schedule", STAGE_SCHEDULES),
-            ("trajectory_method", TRAJECTORY_METHODS),
             ("vtop_source", VTOP_SOURCES),
             ("vtop_normalization", VTOP_NORMALIZATIONS),
             ("model_dtype", MODEL_DTYPES),
@@ -336,6 +340,8 @@ class LaViTTrainingArguments(TrainingArguments):
         ):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {list(choices)}.")
+        # Any method name a dataset can hold; the collator checks that the dataset holds it.
+        trajectory_column(self.trajectory_method)
 
     def _check_ranges(self) -> None:
         if self.num_latent_tokens < 1:

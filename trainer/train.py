@@ -86,15 +86,15 @@ def _kbit_device_map(args: LaViTTrainingArguments) -> dict[str, Any]:
 
 def load_student(path: str | os.PathLike, teacher_hidden_size: int | None, args: LaViTTrainingArguments):
     """A LaViT student and its processor from `path`: a LaViT checkpoint as it is, the checkpoint of a LoRA run with
-    its adapter (trainable, on its base), or a Qwen2.5-VL checkpoint converted into a student (K latent tokens, V_top
-    head of the data's width).
+    its adapter (trainable, on its base), or a base checkpoint of any supported family converted into a student by
+    `lavit_hf.lavit_from_base` (K latent tokens, V_top head of the data's width).
 
     `model_dtype`, `attn_implementation` and the quantisation of `load_in_4bit` / `load_in_8bit` go into
     `from_pretrained`. A V_top width that disagrees with the data is an error."""
     import torch
-    from transformers import AutoProcessor
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from lavit_hf import LaViTForConditionalGeneration
+    from lavit_hf import STUDENT_FAMILIES, lavit_from_base
 
     from .lora import base_model_of, is_lora_checkpoint, load_lora_checkpoint, quantization_config
 
@@ -110,24 +110,22 @@ def load_student(path: str | os.PathLike, teacher_hidden_size: int | None, args:
         logger.info("%s is a LoRA checkpoint: training continues its adapter.", path)
         model = load_lora_checkpoint(path, is_trainable=True, **load_kwargs)
         processor = AutoProcessor.from_pretrained(path)
-    elif model_type == "lavit":
-        model = LaViTForConditionalGeneration.from_pretrained(path, **load_kwargs)
+    elif model_type in {family.model_type for family in STUDENT_FAMILIES.values()}:
+        model = AutoModelForImageTextToText.from_pretrained(path, **load_kwargs)
         processor = AutoProcessor.from_pretrained(path)
-    elif model_type == "qwen2_5_vl":
+    else:  # a base checkpoint of a supported family, converted; other model types are refused by name
         if quantization is not None:
             raise ValueError(
-                f"{path}: a Qwen2.5-VL checkpoint is converted at full precision; with use_peft `lavit train` "
-                "converts it into output_dir/base_model first and quantises that."
+                f"{path}: a base checkpoint is converted at full precision; with use_peft `lavit train` converts it "
+                "into output_dir/base_model first and quantises that."
             )
-        model, processor = LaViTForConditionalGeneration.from_qwen2_5_vl(path, num_latent_tokens=args.num_latent_tokens, teacher_hidden_size=teacher_hidden_size, seed=args.seed)  # noqa: E501  (one line: the conversion call)
+        model, processor = lavit_from_base(
+            path, num_latent_tokens=args.num_latent_tokens, teacher_hidden_size=teacher_hidden_size, seed=args.seed
+        )
         # The conversion loads float32 with the checkpoint's attention: apply the loading options here.
         model = model.to(dtype)
         if args.attn_implementation is not None:
             model.set_attn_implementation(args.attn_implementation)
-    else:
-        raise ValueError(
-            f"{path}: model_type {model_type!r}; expected a Qwen2.5-VL ('qwen2_5_vl') or LaViT checkpoint."
-        )
     base = base_model_of(model)
     if teacher_hidden_size is not None and base.config.teacher_hidden_size != teacher_hidden_size:
         raise ValueError(
@@ -219,7 +217,8 @@ def with_target_format(dataset):
     """`dataset` with its numeric teacher-target columns formatted as torch tensors, the others left as they are."""
     from lavit_hf import schema
 
-    numeric = [schema.TEACHER_GRID, schema.VTOP, schema.VTOP_TOKENS, *schema.TRAJECTORY_COLUMNS.values()]
+    trajectories = [schema.trajectory_column(method) for method in schema.trajectory_methods(dataset.column_names)]
+    numeric = [schema.TEACHER_GRID, schema.VTOP, schema.VTOP_TOKENS, *trajectories]
     columns = [name for name in numeric if name in dataset.column_names]
     return dataset.with_format("torch", columns=columns, output_all_columns=True)
 
