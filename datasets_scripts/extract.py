@@ -29,6 +29,7 @@ import argparse
 import dataclasses
 import errno
 import logging
+import math
 import os
 import re
 import shlex
@@ -42,6 +43,7 @@ from typing import Any
 
 import datasets
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from lavit_hf import schema
@@ -442,6 +444,12 @@ def min_feature_bytes(hidden_size: int, min_image_tokens: int, extraction: Extra
 # Teacher -------------------------------------------------------------------------------------------------------------
 
 
+def image_tokens(processor, height: int, width: int) -> int:
+    """The image tokens the teacher's processor gives an image of this size, without preprocessing it (the count
+    processors report to serving engines: Qwen's grid rule, Gemma 3's fixed count)."""
+    return int(processor._get_num_multimodal_tokens(image_sizes=[(height, width)]).num_image_tokens[0])
+
+
 def load_teacher_processor(path: str, min_pixels: int | None = None, max_pixels: int | None = None):
     """The teacher's processor, with optional pixel-limit overrides (dynamic-resolution families only)."""
     from transformers import AutoConfig, AutoProcessor
@@ -584,6 +592,7 @@ class ShardRun:
         self.max_length = max_length
         self.reserved = reserved_tokens(extractor.processor.tokenizer)
         self.counts = Counts()
+        self._expansion_offset: int | None = None
 
     def run(self, records: list[SourceRecord]) -> Counts:
         done = self.writer.done_keys()
@@ -652,13 +661,16 @@ class ShardRun:
         return ValidSample(record, image, prompt_length)
 
     def _prompt_length(self, image, question: str) -> int:
-        """The prompt's length in tokens, from the image size alone (no image preprocessing): the chat template's
-        one image placeholder becomes the image's merged tokens."""
+        """The prompt's length in tokens, from the image size alone (no image preprocessing): the rendered prompt's
+        text tokens, plus the image's tokens, plus what the processor's expansion of the placeholder adds around them
+        (measured once per run on a blank image: -1 for Qwen's one placeholder, boundary tokens for Gemma 3)."""
         processor = self.extractor.processor
-        image_processor = processor.image_processor
-        patches = image_processor.get_number_of_image_patches(image.height, image.width)
         text_tokens = processor.tokenizer(render_prompt(processor, question), add_special_tokens=False)["input_ids"]
-        return len(text_tokens) - 1 + patches // image_processor.merge_size**2
+        if self._expansion_offset is None:
+            blank = Image.new("RGB", (image.width, image.height))
+            expanded = processor(text=[render_prompt(processor, question)], images=[blank])["input_ids"][0]
+            self._expansion_offset = len(expanded) - len(text_tokens) - image_tokens(processor, blank.height, blank.width)
+        return len(text_tokens) + image_tokens(processor, image.height, image.width) + self._expansion_offset
 
     def _generate(self, samples: list[ValidSample], start: int) -> list[str | None]:
         torch.manual_seed(self.options.generation.seed + start)
@@ -843,9 +855,8 @@ def _extract_locked_shard(
     shard = records[shard_slice(len(records), num_shards, shard_index)]
     processor = load_teacher_processor(teacher, options.model.min_pixels, options.model.max_pixels)
     text_config = AutoConfig.from_pretrained(teacher).get_text_config()
-    image_processor = processor.image_processor
-    token_pixels = (image_processor.patch_size * image_processor.merge_size) ** 2
-    min_tokens = max(1, pixel_limits(processor)[0] // token_pixels)
+    side = math.isqrt(pixel_limits(processor)[0])
+    min_tokens = max(1, image_tokens(processor, side, side))
     feature_bytes = min_feature_bytes(text_config.hidden_size, min_tokens, options.extraction)
     check_free_space(Path(options.output.output_dir), shard, feature_bytes)
 

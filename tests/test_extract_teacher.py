@@ -265,7 +265,7 @@ def test_teachers_without_one_known_grid_are_refused_by_name(tmp_path, tiny_teac
 
     LlavaNextConfig().save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="'llava_next' teacher cannot be used"):
-        load_teacher(str(tmp_path), "cpu", "float32", None, None)
+        load_teacher(str(tmp_path), "cpu", "float32")
     # Gemma 3 with pan-and-scan crops has more than one grid per image.
     model, processor = tiny_teachers("gemma3")
     crops = copy.deepcopy(processor)
