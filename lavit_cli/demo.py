@@ -76,7 +76,7 @@ class DemoArguments:
     teacher_hidden_size: int = field(default=128, metadata={"help": "Width of the teacher."})
     teacher_layers: int = field(default=4, metadata={"help": "Depth of the teacher."})
     teacher_image_size: int = field(default=168, metadata={"help": "Side of the teacher's images in pixels."})
-    teacher_steps: int = field(default=400, metadata={"help": "Fine-tuning steps of the teacher."})
+    teacher_steps: int = field(default=600, metadata={"help": "Fine-tuning steps of the teacher."})
     # Student
     student_hidden_size: int = field(default=128, metadata={"help": "Width of the student."})
     student_layers: int = field(default=2, metadata={"help": "Depth of the student."})
@@ -128,7 +128,7 @@ def task_splits(args: DemoArguments) -> dict[str, list[dict[str, Any]]]:
 
     size = args.teacher_image_size
     counts_and_types = {
-        "teacher": (args.teacher_steps * args.batch_size, TARGET_TYPES + GENERAL_TYPES),
+        "teacher": (args.teacher_steps * args.batch_size, TARGET_TYPES),
         "pretrain": (args.pretrain_steps * args.batch_size, GENERAL_TYPES),
         "train": (args.train_size, TARGET_TYPES),
         "test": (args.test_size, TARGET_TYPES),
@@ -194,14 +194,49 @@ def fine_tune(model, processor, samples: list[dict[str, Any]], steps: int, batch
     return losses
 
 
+@torch.no_grad()
+def colour_patch_tower(model) -> None:
+    """Make a tiny Qwen2.5-VL's vision tower report what each 14x14 patch shows: the mean of each colour channel in
+    each quarter of the patch, and each quarter's darkness, with the blocks reduced to their residual path.
+
+    Why: a pre-trained encoder hands the language model features it can read; a tiny random tower does not (a
+    random-tower student trained on the marked-shape task with labels alone stayed near chance, and so did every
+    distilled one). This deterministic tower is the demo's stand-in for pre-training: the merger (random, then
+    calibrated) still mixes the four patches of each image token.
+    """
+    visual = model.model.visual
+    conv = visual.patch_embed.proj  # (channels, 3, temporal, patch, patch)
+    weight = torch.zeros_like(conv.weight)
+    half = conv.weight.shape[-1] // 2
+    quarters = [(rows, cols) for rows in (slice(0, half), slice(half, None)) for cols in (slice(0, half), slice(half, None))]
+    cells = conv.weight.shape[2] * half * half
+    feature = 0
+    for rows, cols in quarters:
+        for channel in range(3):
+            weight[feature, channel, :, rows, cols] = 1.0 / cells
+            feature += 1
+        weight[feature, :, :, rows, cols] = -1.0 / (3 * cells)
+        feature += 1
+    # The remaining channels stay random projections of the patch.
+    weight[feature:] = conv.weight[feature:]
+    conv.weight.copy_(weight)
+    for block in visual.blocks:
+        for layer in (block.attn.proj, block.mlp.down_proj):
+            layer.weight.zero_()
+            if layer.bias is not None:
+                layer.bias.zero_()
+
+
 def tiny_vlm(args: DemoArguments, seed: int, hidden: int, layers: int, image_size: int, images: list):
-    """A tiny random Qwen2.5-VL with a calibrated projector and an output head a frozen vocabulary can use."""
+    """A tiny Qwen2.5-VL with the colour patch tower, a calibrated projector and an output head a frozen vocabulary
+    can use."""
     from lavit_hf.tiny import build_tiny_qwen2_5_vl, calibrate_image_features
 
     model, processor = build_tiny_qwen2_5_vl(
         seed=seed, hidden_size=hidden, num_hidden_layers=layers, min_pixels=image_size**2, max_pixels=image_size**2
     )
     model.to(args.device)
+    colour_patch_tower(model)
     calibrate_image_features(model, processor, images)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
