@@ -337,13 +337,13 @@ def teacher_accuracy(args: DemoArguments, teacher: Path, test_dataset, output: P
 def trajectory_box_mass(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Mean share of each teacher trajectory's mass inside the marked shape's box, and of a uniform map."""
     from lavit_hf.grids import box_mass
-    from lavit_hf.schema import TRAJECTORY_COLUMNS
+    from lavit_hf.schema import trajectory_column
 
     shares = {method: [] for method in TRAJECTORY_METHODS} | {"uniform": []}
     for row in rows:
         grid, size = tuple(row["teacher_grid"]), tuple(row["image_size"])
         for method in TRAJECTORY_METHODS:
-            shares[method].append(box_mass(row[TRAJECTORY_COLUMNS[method]], grid, size, row["bbox"]))
+            shares[method].append(box_mass(row[trajectory_column(method)], grid, size, row["bbox"]))
         shares["uniform"].append(box_mass(torch.full(grid, 1.0 / (grid[0] * grid[1])), grid, size, row["bbox"]))
     return {name: sum(values) / len(values) for name, values in shares.items()}
 
@@ -392,18 +392,29 @@ def main(args: DemoArguments | Any) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "demo_arguments.json", asdict(args))
+    phases = {}
+
+    def phase(name: str, since: float) -> float:
+        phases[name] = round(time.time() - since, 1)
+        logger.info("%s: %.0f s", name, phases[name])
+        return time.time()
+
+    mark = time.time()
     splits = task_splits(args)
     test_dataset = synthetic_dataset(splits["test"])
-
+    mark = phase("task", mark)
     teacher = build_teacher(args, out, splits)
     teacher_scores = teacher_accuracy(args, teacher, test_dataset, out / "eval" / "teacher.jsonl")
+    mark = phase("teacher", mark)
     datasets_dir = {
         split: extract(args, teacher, write_source(splits[split], out / "task" / split), out / "dataset" / split)
         for split in ("train", "test")
     }
     train_rows = list(load_dataset(str(datasets_dir["train"]), split="train"))
     test_rows = list(load_dataset(str(datasets_dir["test"]), split="train"))
+    mark = phase("extraction", mark)
     base = build_student_base(args, out, splits, len(train_rows[0]["vtop"]))
+    mark = phase("student base", mark)
 
     budget = Budget(args.student_steps, args.learning_rate, args.batch_size)
     extra = {
@@ -419,9 +430,11 @@ def main(args: DemoArguments | Any) -> dict[str, Any]:
             trained = train_variant(
                 variant, seed, base, datasets_dir["train"], folder, budget, args.student_image_size**2, args.device, extra
             )
+            mark = phase(f"train {variant.name} seed {seed}", mark)
             students.setdefault(variant.name, {})[seed] = evaluate_student(
                 args, trained, train_rows, test_dataset, test_rows, folder / "eval"
             )
+            mark = phase(f"evaluate {variant.name} seed {seed}", mark)
     results = {
         "arguments": asdict(args),
         "teacher": teacher_scores,
@@ -429,6 +442,7 @@ def main(args: DemoArguments | Any) -> dict[str, Any]:
         "students": students,
         "test_ids": list(test_dataset["id"]),
         "seconds": round(time.time() - started, 1),
+        "phase_seconds": phases,
     }
     write_json(out / "results.json", results)
     logger.info("\n%s", write_report(out, results))
