@@ -46,6 +46,7 @@ import lavit_hf  # noqa: F401  (registers LaViT with the Auto classes)
 from lavit_hf.images import to_rgb
 from lavit_hf.jsonl import JsonlAppender, read_jsonl
 from lavit_hf.layout import pixel_limits, render_prompt, set_pixel_limits
+from lavit_hf.run_settings import as_stored, settings_differences
 
 from . import BENCHMARKS, get_benchmark, module_path
 
@@ -255,7 +256,7 @@ class EvalRunner:
             if record["id"] in done:
                 raise ValueError(f"{output}, record {number}: id {record['id']!r} is predicted a second time.")
             done[record["id"]] = record
-        settings = json.loads(json.dumps(self.settings))
+        settings = as_stored(self.settings)
         if not done:
             output.parent.mkdir(parents=True, exist_ok=True)
             temporary = recorded_path.with_name(f"{recorded_path.name}.tmp")
@@ -268,10 +269,10 @@ class EvalRunner:
                 f"them is unknown. Write to another file, or delete {output} to start again."
             )
         recorded = json.loads(recorded_path.read_text())
+        # The same weights under another name (a moved folder, a Hub id) may resume: the digest identifies them.
         differences = [
-            f"{key} {recorded.get(key)!r} there, {settings.get(key)!r} now"
-            for key in sorted(set(recorded) | set(settings))
-            if key != "model" and recorded.get(key) != settings.get(key)
+            f"{key} {there!r} there, {now!r} now"
+            for key, (there, now) in settings_differences(recorded, settings, may_differ={"model"}).items()
         ]
         if differences:
             raise ValueError(
