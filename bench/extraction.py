@@ -44,8 +44,6 @@ from lavit_hf import build_qwen2_5_vl_processor, build_tiny_base
 from lavit_hf.attention import use_packed_vision_attention
 
 
-logger = logging.getLogger(__name__)
-
 QUESTION = "Which object is closest to the red car, and what colour is it? Explain step by step."
 SENTENCE = "The red car is parked near the left edge of the street, and the closest object to it is a blue bicycle. "
 

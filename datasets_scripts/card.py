@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import logging
 import shlex
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,6 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from lavit_hf import schema
 
-
-logger = logging.getLogger(__name__)
 
 TEMPLATE = Path(__file__).with_name("card_template.md")
 TASK_CATEGORIES = ["image-text-to-text", "visual-question-answering"]

@@ -36,7 +36,6 @@ refused by name, with the reason (`UNKNOWN_GRID_FAMILIES`).
 import contextlib
 import contextvars
 import inspect
-import logging
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -52,8 +51,6 @@ from transformers.masking_utils import sdpa_mask
 from lavit_hf import schema
 from lavit_hf.layout import merged_grids, render_prompt
 
-
-logger = logging.getLogger(__name__)
 
 STEP_SPLITS = ("none", "newline", "sentence")
 # METHOD.md section 1: the attention method averages the last 8 language-model layers.

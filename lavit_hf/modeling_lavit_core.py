@@ -35,7 +35,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOu
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.processing_utils import ProcessorMixin, Unpack
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
-from transformers.utils import TransformersKwargs, logging
+from transformers.utils import TransformersKwargs
 
 from .attention import PACKED_VISION_ATTENTION  # noqa: F401  (importing registers it: a trained config may name it)
 from .heads import (
@@ -60,9 +60,6 @@ from .losses import (
 )
 from .masks import is_prepared_mask, lavit_mask_function, text_attention_masks
 from .token_layout import TokenLayout, locate_tokens
-
-
-logger = logging.get_logger(__name__)
 
 
 def register_base_conversions(pairs: dict[str, type]) -> None:

@@ -29,7 +29,6 @@ import argparse
 import base64
 import hashlib
 import json
-import logging
 import os
 import runpy
 import shutil
@@ -40,8 +39,6 @@ from urllib.parse import parse_qs, unquote
 
 import httpx2
 
-
-logger = logging.getLogger(__name__)
 
 ENDPOINT = "http://fake-hub.local"
 USER = "fake-user"
