@@ -1,4 +1,4 @@
-"""Benchmark of teacher extraction (project issue 3): attention trajectory + V_top, ours against the reference method.
+"""Benchmark of teacher extraction: attention trajectory + V_top, ours against the reference method.
 
 - **ours**: one `sdpa` forward of the base model (no LM head) whose text attention runs through the capturing sdpa
   (`datasets_scripts.teacher.capturing_sdpa_attention`): on the last 8 layers it scores the response rows against the

@@ -65,7 +65,7 @@ from shapes import shape_config  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-REFERENCE_TOKENS_PER_SECOND = 3300.0  # reference LaViT code, one H100, batch 1 (issue 4)
+REFERENCE_TOKENS_PER_SECOND = 3300.0  # the reference LaViT code's training speed: one H100, batch 1
 TEACHER_HIDDEN_3B = 5120  # the paper's Qwen2.5-VL-32B teacher
 SHAPES = {
     # name: (image sizes (width, height) of the single-size cases, answer words, teacher width)
