@@ -29,6 +29,7 @@ COLUMN_DESCRIPTIONS = {
     schema.BBOX: "Visual-CoT box `[x1, y1, x2, y2]` normalised to the image padded to a square, or empty",
     schema.TEACHER_RESPONSE: "the teacher's own response",
     schema.TEACHER_RESPONSE_STEPS: "the response split into steps (one step when not split)",
+    schema.TEACHER_FAMILY: "the teacher's model family, its `model_type` (`qwen2_5_vl`, `qwen3_vl`, `gemma3`, ...)",
     schema.TEACHER_GRID: "`[h, w]`: the teacher's merged image-token grid",
     schema.VTOP: "mean over image tokens of the last decoder layer's output (before the final norm), D entries",
     schema.VTOP_TOKENS: "the same per image token, `[h * w, D]`",

@@ -75,7 +75,8 @@ class LaViTTrainer(Trainer):
             Passed to `transformers.Trainer`.
     """
 
-    _tag_names = ["lavit", "latent-visual-reasoning", "qwen2_5_vl", "distillation"]
+    # The student's family (its base model type: `qwen2_5_vl`, `qwen3_vl`, ...) joins these per trainer.
+    _tag_names = ["lavit", "latent-visual-reasoning", "distillation"]
     _name = "LaViT"
     _paper = {
         "title": "Aligning Latent Visual Thoughts for Multi-modal Reasoning",
@@ -122,6 +123,7 @@ class LaViTTrainer(Trainer):
         self.configure_model(model, args)
         set_pixel_limits(processing_class, args.min_pixels, args.max_pixels)
         config = base_model_of(model).config
+        self._tag_names = [*type(self)._tag_names, config.base_model_type]
         self.max_length = args.max_length or config.get_text_config().max_position_embeddings
         if data_collator is None:
             data_collator = DataCollatorForLaViT(
