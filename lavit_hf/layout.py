@@ -9,6 +9,8 @@ each image comes from `image_grid_thw` (never guessed from a token count).
 User text never contributes special tokens: a question or answer holding one (a literal `<lvr1>`, `<|image_pad|>`,
 `<|im_end|>` ...) would move the layout's landmarks (the stage-1 rule would let the question see the image, labels
 would start inside the question), so `check_text` refuses it, naming the row.
+
+This file is copied next to saved checkpoints with the modeling code (remote code): it imports only torch.
 """
 
 from collections.abc import Sequence
