@@ -13,8 +13,9 @@
 Recipes. The default on CUDA is `lavit train`'s default there: float32 master weights under bf16 autocast,
 activation checkpointing, every decoder layer and vision block compiled (`torch_compile`, on by default on a GPU).
 `--dtype bfloat16` gives bf16 weights; the optimiser is then the trainer's Kahan-compensated AdamW, so both recipes
-apply every update (HF_NOTES.md, Numerics) and are training speeds. The optimiser of every row, the plain model's
-included, is the one `LaViTTrainer` builds (`LaViTTrainer.get_optimizer_cls_and_kwargs`, lr 5e-6, weight decay 0.1).
+apply every update (docs/pitfalls.md, Numerics and resolution) and are training speeds. The optimiser of every row, the
+plain model's included, is the one `LaViTTrainer` builds (`LaViTTrainer.get_optimizer_cls_and_kwargs`, lr 5e-6, weight
+decay 0.1).
 
 Each case is collated by `DataCollatorForLaViT` from synthetic rows (real tokenizer, random images, answers of about
 160 tokens) and timed as optimiser steps: forward, backward and the optimiser step, vision tower frozen. Cases: one

@@ -1,6 +1,6 @@
 """Question-answer sources for teacher extraction, read into one normalised record type.
 
-Accepted (METHOD.md section 5):
+Accepted (docs/method.md section 5):
 
 - **Visual-CoT, original 4-turn format**: `image` is `[path, "path###[x1, y1, x2, y2]"]` (or a path) and
   `conversations` is human question (with the "Please provide the bounding box ..." request), gpt `[bbox]`,

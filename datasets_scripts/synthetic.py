@@ -5,7 +5,7 @@ Questions need the image: the colour of the largest shape, how many shapes there
 with a black dot, the colour of a named shape, the shape of a named colour, which of two shapes is larger, and the
 colour of the shape left of another. Every
 sample records the box of the object its answer is about (all the shapes for a count), normalised to the image padded
-to a square (as Visual-CoT boxes are, METHOD.md section 5), so the demo can check where a trajectory looks.
+to a square (as Visual-CoT boxes are, docs/method.md section 5), so the demo can check where a trajectory looks.
 
 `DEFAULT_QUESTION_TYPES` are the two scene-level questions (an attention spread over the shapes answers both).
 `colour_of_marked` needs one object, found by what the image shows (a black dot) rather than by a word, which a tiny

@@ -1,4 +1,4 @@
-"""Resumable, shardable, locked writing of a LaViT dataset (HF_NOTES.md, datasets).
+"""Resumable, shardable, locked writing of a LaViT dataset (docs/pitfalls.md, datasets).
 
 Layout of an output folder:
 

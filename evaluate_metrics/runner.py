@@ -1,8 +1,8 @@
 """`lavit eval`: batched greedy generation on a benchmark with one or more models, resumable predictions, and the
 benchmark's score.
 
-Every model of one command sees the same pixels (METHOD.md section 4): by default the pixel limits saved with the
-LaViT checkpoints' processors (a model is evaluated at the resolution it was trained at), which a base model
+Every model of one command sees the same pixels (docs/method.md section 4): by default the pixel limits saved with
+the LaViT checkpoints' processors (a model is evaluated at the resolution it was trained at), which a base model
 compared in the same command gets too; `--min_pixels`/`--max_pixels` override them, with a warning for each
 checkpoint saved with other limits. Any checkpoint that `AutoModelForImageTextToText` loads works. Two diagnostics
 exist for LaViT models: `--force_latent` writes the K trained latent tokens at the start of the answer, and

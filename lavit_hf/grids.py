@@ -2,8 +2,8 @@
 inside a box. The contract between extraction, training and the demo.
 
 Resampling. The teacher sees the image at its own resolution, so its merged token grid `(h, w)` can differ from the
-student's. METHOD.md section 1: resample bilinearly on the 2-D token grid, then renormalise a trajectory; never guess
-a grid from a token count (the dataset stores `teacher_grid` with every sample, see `lavit_hf.schema`).
+student's. docs/method.md section 1: resample bilinearly on the 2-D token grid, then renormalise a trajectory; never
+guess a grid from a token count (the dataset stores `teacher_grid` with every sample, see `lavit_hf.schema`).
 
 Boxes. Visual-CoT boxes are normalised to the image *padded to a square* (LLaVA's `expand2square`, which centres the
 image on the square), so a box is first mapped back to the original image:

@@ -1,4 +1,4 @@
-"""`lavit train`: train a LaViT student from a LaViT dataset, in one stage or two (METHOD.md section 3).
+"""`lavit train`: train a LaViT student from a LaViT dataset, in one stage or two (docs/method.md section 3).
 
 Example (a tiny run on a CPU):
 
@@ -170,7 +170,7 @@ def lora_base(args: LaViTTrainingArguments, teacher_hidden_size: int | None) -> 
 
 def load_datasets(args: LaViTTrainingArguments):
     """The training split and, with `eval_split`, the evaluation split; targets read as torch tensors (about 5x
-    faster than nested lists, HF_NOTES.md) while the image and text columns stay Python objects."""
+    faster than nested lists, docs/pitfalls.md, datasets) while the image and text columns stay Python objects."""
     from datasets import load_dataset
 
     from lavit_hf import schema
