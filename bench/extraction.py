@@ -1,4 +1,4 @@
-"""Benchmark of teacher extraction (project issue 3): attention trajectory + V_top, ours against the reference method.
+"""Benchmark of teacher extraction: attention trajectory + V_top, ours against the reference method.
 
 - **ours**: one `sdpa` forward of the base model (no LM head) whose text attention runs through the capturing sdpa
   (`datasets_scripts.teacher.capturing_sdpa_attention`): on the last 8 layers it scores the response rows against the
@@ -43,8 +43,6 @@ from datasets_scripts.teacher import (  # noqa: E402
 from lavit_hf import build_qwen2_5_vl_processor, build_tiny_base
 from lavit_hf.attention import use_packed_vision_attention
 
-
-logger = logging.getLogger(__name__)
 
 QUESTION = "Which object is closest to the red car, and what colour is it? Explain step by step."
 SENTENCE = "The red car is parked near the left edge of the street, and the closest object to it is a blue bicycle. "

@@ -13,8 +13,9 @@
 Recipes. The default on CUDA is `lavit train`'s default there: float32 master weights under bf16 autocast,
 activation checkpointing, every decoder layer and vision block compiled (`torch_compile`, on by default on a GPU).
 `--dtype bfloat16` gives bf16 weights; the optimiser is then the trainer's Kahan-compensated AdamW, so both recipes
-apply every update (HF_NOTES.md, Numerics) and are training speeds. The optimiser of every row, the plain model's
-included, is the one `LaViTTrainer` builds (`LaViTTrainer.get_optimizer_cls_and_kwargs`, lr 5e-6, weight decay 0.1).
+apply every update (docs/pitfalls.md, Numerics and resolution) and are training speeds. The optimiser of every row, the
+plain model's included, is the one `LaViTTrainer` builds (`LaViTTrainer.get_optimizer_cls_and_kwargs`, lr 5e-6, weight
+decay 0.1).
 
 Each case is collated by `DataCollatorForLaViT` from synthetic rows (real tokenizer, random images, answers of about
 160 tokens) and timed as optimiser steps: forward, backward and the optimiser step, vision tower frozen. Cases: one
@@ -65,7 +66,7 @@ from shapes import shape_config  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-REFERENCE_TOKENS_PER_SECOND = 3300.0  # reference LaViT code, one H100, batch 1 (issue 4)
+REFERENCE_TOKENS_PER_SECOND = 3300.0  # the reference LaViT code's training speed: one H100, batch 1
 TEACHER_HIDDEN_3B = 5120  # the paper's Qwen2.5-VL-32B teacher
 SHAPES = {
     # name: (image sizes (width, height) of the single-size cases, answer words, teacher width)

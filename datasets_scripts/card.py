@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import logging
 import shlex
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,6 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from lavit_hf import schema
 
-
-logger = logging.getLogger(__name__)
 
 TEMPLATE = Path(__file__).with_name("card_template.md")
 TASK_CATEGORIES = ["image-text-to-text", "visual-question-answering"]
@@ -32,6 +29,7 @@ COLUMN_DESCRIPTIONS = {
     schema.BBOX: "Visual-CoT box `[x1, y1, x2, y2]` normalised to the image padded to a square, or empty",
     schema.TEACHER_RESPONSE: "the teacher's own response",
     schema.TEACHER_RESPONSE_STEPS: "the response split into steps (one step when not split)",
+    schema.TEACHER_FAMILY: "the teacher's model family, its `model_type` (`qwen2_5_vl`, `qwen3_vl`, `gemma3`, ...)",
     schema.TEACHER_GRID: "`[h, w]`: the teacher's merged image-token grid",
     schema.VTOP: "mean over image tokens of the last decoder layer's output (before the final norm), D entries",
     schema.VTOP_TOKENS: "the same per image token, `[h * w, D]`",

@@ -1,6 +1,6 @@
 """`lavit extract`: run a teacher (a supported image-text-to-text family) over a question-answer source into a LaViT dataset.
 
-Each sample gets the teacher's own response, V_top and the trajectories of METHOD.md section 1; the output is a
+Each sample gets the teacher's own response, V_top and the trajectories of docs/method.md section 1; the output is a
 `datasets` dataset (parquet shards with explicit features, a card and a manifest) that `load_dataset(OUT)` reads.
 Reruns resume (finished samples are skipped); `--num_shards/--shard_index` or `accelerate launch` split the work,
 and `--merge` joins the shards. A bad record (in no accepted format, an empty field, a reserved token, a missing or
@@ -175,7 +175,7 @@ class TeacherArguments:
 
 @dataclass
 class GenerationArguments:
-    """The teacher's response (METHOD.md section 1: greedy, repetition penalty 1.05); defaults from
+    """The teacher's response (docs/method.md section 1: greedy, repetition penalty 1.05); defaults from
     `GenerationSettings`."""
 
     _argument_group_name = "teacher response"
@@ -220,7 +220,7 @@ class GenerationArguments:
 
 @dataclass
 class ExtractionArguments:
-    """What is extracted from each sample, and the box filter (METHOD.md section 5); defaults from
+    """What is extracted from each sample, and the box filter (docs/method.md section 5); defaults from
     `ExtractionSettings`."""
 
     _argument_group_name = "extraction"

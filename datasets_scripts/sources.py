@@ -1,6 +1,6 @@
 """Question-answer sources for teacher extraction, read into one normalised record type.
 
-Accepted (METHOD.md section 5):
+Accepted (docs/method.md section 5):
 
 - **Visual-CoT, original 4-turn format**: `image` is `[path, "path###[x1, y1, x2, y2]"]` (or a path) and
   `conversations` is human question (with the "Please provide the bounding box ..." request), gpt `[bbox]`,
@@ -36,7 +36,7 @@ from typing import Any
 
 from PIL import Image
 
-from lavit_hf.grids import BBOX_FRAMES
+from lavit_hf.grids import BBOX_FRAMES, box_from_pixels
 from lavit_hf.images import to_rgb
 
 
@@ -170,11 +170,7 @@ def box_in_frame(box: list[float], image_size: tuple[int, int], frame: str, wher
             f"{where}: box {box} is neither normalised (all coordinates in [0, 1]) nor in pixels of the "
             f"{width}x{height} image (it reaches beyond it)."
         )
-    if frame == "image":
-        return [box[0] / width, box[1] / height, box[2] / width, box[3] / height], True
-    side = max(width, height)
-    dx, dy = ((side - width) / 2, (side - height) / 2) if frame == "square-center" else (0.0, 0.0)
-    return [(box[0] + dx) / side, (box[1] + dy) / side, (box[2] + dx) / side, (box[3] + dy) / side], True
+    return box_from_pixels(box, image_size, frame), True
 
 
 def _turns(raw: dict, where: str) -> list[tuple[str, str]]:

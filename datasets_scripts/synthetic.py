@@ -5,7 +5,7 @@ Questions need the image: the colour of the largest shape, how many shapes there
 with a black dot, the colour of a named shape, the shape of a named colour, which of two shapes is larger, and the
 colour of the shape left of another. Every
 sample records the box of the object its answer is about (all the shapes for a count), normalised to the image padded
-to a square (as Visual-CoT boxes are, METHOD.md section 5), so the demo can check where a trajectory looks.
+to a square (as Visual-CoT boxes are, docs/method.md section 5), so the demo can check where a trajectory looks.
 
 `DEFAULT_QUESTION_TYPES` are the two scene-level questions (an attention spread over the shapes answers both).
 `colour_of_marked` needs one object, found by what the image shows (a black dot) rather than by a word, which a tiny
@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from evaluate_metrics.shapes.shapes import ANSWER_VOCABULARY
+from lavit_hf.grids import box_from_pixels
 
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 40)}
@@ -130,14 +131,6 @@ def ask(
     raise ValueError(f"Unknown question type {kind!r}: expected one of {QUESTION_TYPES}.")
 
 
-def padded_square_box(box: tuple[int, int, int, int], width: int, height: int) -> list[float]:
-    """A pixel box normalised to the image padded (centred) to a square, as Visual-CoT boxes are."""
-    side = max(width, height)
-    dx, dy = (side - width) / 2, (side - height) / 2
-    x0, y0, x1, y1 = box
-    return [(x0 + dx) / side, (y0 + dy) / side, (x1 + dx) / side, (y1 + dy) / side]
-
-
 def generate_samples(
     count: int,
     seed: int,
@@ -162,7 +155,7 @@ def generate_samples(
                 "question": question,
                 "answer": answer,
                 "question_type": question_type,
-                "bbox": padded_square_box(box, image_size, image_size),
+                "bbox": box_from_pixels(box, (image_size, image_size)),
             }
         )
     return samples
@@ -194,7 +187,6 @@ __all__ = [
     "QUESTION_TYPES",
     "SYNTHETIC_FEATURES",
     "generate_samples",
-    "padded_square_box",
     "synthetic_dataset",
     "write_jsonl_source",
 ]

@@ -1,5 +1,5 @@
-"""Teacher-side extraction (METHOD.md section 1): the teacher's response, V_top and the trajectories, for a teacher of
-any supported family.
+"""Teacher-side extraction (docs/method.md section 1): the teacher's response, V_top and the trajectories, for a
+teacher of any supported family.
 
 One forward pass over image + question + response gives, per sample:
 
@@ -36,7 +36,6 @@ refused by name, with the reason (`UNKNOWN_GRID_FAMILIES`).
 import contextlib
 import contextvars
 import inspect
-import logging
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -53,10 +52,8 @@ from lavit_hf import schema
 from lavit_hf.layout import merged_grids, render_prompt
 
 
-logger = logging.getLogger(__name__)
-
 STEP_SPLITS = ("none", "newline", "sentence")
-# METHOD.md section 1: the attention method averages the last 8 language-model layers.
+# docs/method.md section 1: the attention method averages the last 8 language-model layers.
 DEFAULT_ATTENTION_LAYERS = 8
 
 
@@ -150,7 +147,7 @@ def teacher_family(model_type: str) -> TeacherFamily:
 
 @dataclass
 class GenerationSettings:
-    """How the teacher writes its response (METHOD.md section 1: greedy, repetition penalty 1.05, 1024 tokens).
+    """How the teacher writes its response (docs/method.md section 1: greedy, repetition penalty 1.05, 1024 tokens).
 
     Args:
         max_new_tokens (`int`, *optional*, defaults to 1024): longest response.
@@ -187,7 +184,8 @@ class ExtractionSettings:
         methods (`tuple[str, ...]`, *optional*, defaults to `("attention",)`): trajectory methods to compute, by their
             names in `TRAJECTORY_METHODS`.
         attention_layers (`list[int]`, *optional*): teacher layers averaged by the attention method; negative
-            indices count from the end. Defaults to the last 8 (METHOD.md section 1), or all of a shallower teacher.
+            indices count from the end. Defaults to the last 8 (docs/method.md section 1), or all of a shallower
+            teacher.
         gradient_temperature (`float`, *optional*): temperature of the gradient method's softmax; `None` divides the
             magnitudes by their sum instead (see the module docstring).
         gradient_batch_size (`int`, *optional*, defaults to 32): per-token gradients computed per batched backward.

@@ -1,4 +1,4 @@
-"""Resumable, shardable, locked writing of a LaViT dataset (HF_NOTES.md, datasets).
+"""Resumable, shardable, locked writing of a LaViT dataset (docs/pitfalls.md, datasets).
 
 Layout of an output folder:
 
@@ -47,6 +47,7 @@ import pyarrow.parquet as pq
 from datasets.arrow_writer import ParquetWriter
 
 from lavit_hf.jsonl import JsonlAppender, read_jsonl
+from lavit_hf.run_settings import as_stored, settings_differences
 from lavit_hf.schema import ID
 
 
@@ -247,7 +248,7 @@ class ShardWriter:
     ):
         self.folder = Path(folder)
         self.features = chunk_features(features)
-        self.run_info = json.loads(json.dumps(run_info))  # compare as stored (tuples become lists)
+        self.run_info = as_stored(run_info)
         self.chunk_size = chunk_size
         self.retry_failed = retry_failed
         self.buffer: list[dict[str, Any]] = []
@@ -291,9 +292,7 @@ class ShardWriter:
         if path.is_file():
             with naming_path(path, "read"):
                 previous = json.loads(path.read_text())
-            changed = sorted(
-                k for k in (set(previous) | set(self.run_info)) - VOLATILE if previous.get(k) != self.run_info.get(k)
-            )
+            changed = sorted(settings_differences(previous, self.run_info, VOLATILE))
             if changed:
                 raise ValueError(f"{self.folder} was started with other settings ({changed}): use a new folder.")
         self._write_run_info(complete=False)
@@ -361,7 +360,7 @@ def check_shards(folders: list[Path]) -> dict[str, Any]:
         raise ValueError(f"Shards not finished (rerun them to resume): {incomplete}.")
     common = {k: v for k, v in infos[0].items() if k not in PER_SHARD}
     for folder, info in zip(folders, infos, strict=True):
-        differing = sorted(k for k in (set(common) | set(info)) - PER_SHARD if info.get(k) != common.get(k))
+        differing = sorted(settings_differences(common, info, PER_SHARD))
         if differing:
             raise ValueError(f"{folder} was extracted with other settings than {folders[0]} ({differing}).")
     present = sorted(info["shard_index"] for info in infos)

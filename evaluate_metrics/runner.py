@@ -1,8 +1,8 @@
 """`lavit eval`: batched greedy generation on a benchmark with one or more models, resumable predictions, and the
 benchmark's score.
 
-Every model of one command sees the same pixels (METHOD.md section 4): by default the pixel limits saved with the
-LaViT checkpoints' processors (a model is evaluated at the resolution it was trained at), which a base model
+Every model of one command sees the same pixels (docs/method.md section 4): by default the pixel limits saved with
+the LaViT checkpoints' processors (a model is evaluated at the resolution it was trained at), which a base model
 compared in the same command gets too; `--min_pixels`/`--max_pixels` override them, with a warning for each
 checkpoint saved with other limits. Any checkpoint that `AutoModelForImageTextToText` loads works. Two diagnostics
 exist for LaViT models: `--force_latent` writes the K trained latent tokens at the start of the answer, and
@@ -46,6 +46,7 @@ import lavit_hf  # noqa: F401  (registers LaViT with the Auto classes)
 from lavit_hf.images import to_rgb
 from lavit_hf.jsonl import JsonlAppender, read_jsonl
 from lavit_hf.layout import pixel_limits, render_prompt, set_pixel_limits
+from lavit_hf.run_settings import as_stored, settings_differences
 
 from . import BENCHMARKS, get_benchmark, module_path
 
@@ -255,7 +256,7 @@ class EvalRunner:
             if record["id"] in done:
                 raise ValueError(f"{output}, record {number}: id {record['id']!r} is predicted a second time.")
             done[record["id"]] = record
-        settings = json.loads(json.dumps(self.settings))
+        settings = as_stored(self.settings)
         if not done:
             output.parent.mkdir(parents=True, exist_ok=True)
             temporary = recorded_path.with_name(f"{recorded_path.name}.tmp")
@@ -268,10 +269,10 @@ class EvalRunner:
                 f"them is unknown. Write to another file, or delete {output} to start again."
             )
         recorded = json.loads(recorded_path.read_text())
+        # The same weights under another name (a moved folder, a Hub id) may resume: the digest identifies them.
         differences = [
-            f"{key} {recorded.get(key)!r} there, {settings.get(key)!r} now"
-            for key in sorted(set(recorded) | set(settings))
-            if key != "model" and recorded.get(key) != settings.get(key)
+            f"{key} {there!r} there, {now!r} now"
+            for key, (there, now) in settings_differences(recorded, settings, may_differ={"model"}).items()
         ]
         if differences:
             raise ValueError(

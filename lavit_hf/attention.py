@@ -2,7 +2,7 @@
 
 - Flex attention for the language model under a name Qwen2.5-VL accepts. Qwen2.5-VL refuses
   `attn_implementation="flex_attention"`, yet its text attention runs the same kernels when they are registered under
-  another name (HF_NOTES.md, "Attention masks"). The stage-1 mask function then becomes a `BlockMask`, so fully
+  another name (docs/pitfalls.md, "Attention masks"). The stage-1 mask function then becomes a `BlockMask`, so fully
   blocked tiles are skipped instead of being computed and masked.
 - The packed vision attention: the vision tower's windowed attention in one sdpa call per layer.
 

@@ -58,7 +58,7 @@ class LaViTConfigMixin:
     trajectory_loss_weight: float = 0.3
     use_trajectory_loss: bool = True
     head_input: Literal["last_latent", "mean_latent"] = "last_latent"
-    # Stage schedule (METHOD.md section 3).
+    # Stage schedule (docs/method.md section 3).
     training_stage: Literal[0, 1, 2] = 0
     block_prompt: bool = True
     ce_in_stage1: bool = True

@@ -2,27 +2,24 @@
 inside a box. The contract between extraction, training and the demo.
 
 Resampling. The teacher sees the image at its own resolution, so its merged token grid `(h, w)` can differ from the
-student's. METHOD.md section 1: resample bilinearly on the 2-D token grid, then renormalise a trajectory; never guess
-a grid from a token count (the dataset stores `teacher_grid` with every sample, see `lavit_hf.schema`).
+student's. docs/method.md section 1: resample bilinearly on the 2-D token grid, then renormalise a trajectory; never
+guess a grid from a token count (the dataset stores `teacher_grid` with every sample, see `lavit_hf.schema`).
 
 Boxes. Visual-CoT boxes are normalised to the image *padded to a square* (LLaVA's `expand2square`, which centres the
 image on the square), so a box is first mapped back to the original image:
 
     S = max(W, H),  x_img = (x * S - (S - W) / 2) / W,  y_img = (y * S - (S - H) / 2) / H
 
-(`square-topleft` uses offsets 0, `image` takes the box as already normalised to the image). The merged token grid
+(`square-topleft` uses offsets 0, `image` takes the box as already normalised to the image); `box_from_pixels` is the
+way in, from a box in pixels of the original image to its frame. The merged token grid
 `(h, w)` covers the whole resized image, so token `(r, c)` is the cell `[c / w, (c + 1) / w] x [r / h, (r + 1) / h]`;
 each token contributes its probability times the fraction of its cell's area inside the box.
 """
 
-import logging
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-
-
-logger = logging.getLogger(__name__)
 
 
 def _grid(grid: Sequence[int] | torch.Tensor, name: str) -> tuple[int, int]:
@@ -151,6 +148,38 @@ def box_in_image(bbox: list[float], image_size: tuple[int, int], frame: str = "s
     return [min(max(v, 0.0), 1.0) for v in box]
 
 
+def box_from_pixels(
+    box: Sequence[float], image_size: tuple[int, int], frame: str = "square-center"
+) -> list[float]:
+    """A box `[x1, y1, x2, y2]` in pixels of the original image, normalised in `frame` (the inverse of `box_in_image`).
+
+    Args:
+        box (`Sequence[float]`): the box in pixels.
+        image_size (`tuple[int, int]`): the original image's `(width, height)`.
+        frame (`str`, *optional*, defaults to `"square-center"`): one of `BBOX_FRAMES`; `square-center` normalises to
+            the image padded to a centred square, as Visual-CoT stores its boxes.
+
+    Example:
+
+    ```python
+    >>> box_from_pixels([0, 0, 200, 100], (200, 100))  # the whole 200x100 image, in its 200x200 square
+    [0.0, 0.25, 1.0, 0.75]
+    >>> box_from_pixels([0, 0, 200, 100], (200, 100), "image")
+    [0.0, 0.0, 1.0, 1.0]
+
+    ```
+    """
+    if frame not in BBOX_FRAMES:
+        raise ValueError(f"bbox frame {frame!r}: expected one of {BBOX_FRAMES}.")
+    width, height = image_size
+    x1, y1, x2, y2 = box
+    if frame == "image":
+        return [x1 / width, y1 / height, x2 / width, y2 / height]
+    side = max(width, height)
+    dx, dy = ((side - width) / 2, (side - height) / 2) if frame == "square-center" else (0.0, 0.0)
+    return [(x1 + dx) / side, (y1 + dy) / side, (x2 + dx) / side, (y2 + dy) / side]
+
+
 def _cell_overlap(n: int, low: float, high: float) -> torch.Tensor:
     """Fraction of each of `n` equal cells of [0, 1] that lies inside [low, high]."""
     edges = torch.arange(n + 1, dtype=torch.float64) / n
@@ -181,4 +210,4 @@ def box_mass(
     return float((traj * inside).sum())
 
 
-__all__ = ["BBOX_FRAMES", "box_in_image", "box_mass", "resample_grid", "resample_trajectory"]
+__all__ = ["BBOX_FRAMES", "box_from_pixels", "box_in_image", "box_mass", "resample_grid", "resample_trajectory"]

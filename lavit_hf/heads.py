@@ -1,5 +1,5 @@
-"""LaViT's two heads and their targets (METHOD.md section 2): the V_top head, the trajectory head, and the checks and
-alignment of the teacher targets they are trained on.
+"""LaViT's two heads and their targets (docs/method.md section 2): the V_top head, the trajectory head, and the checks
+and alignment of the teacher targets they are trained on.
 
 This file is copied next to saved checkpoints with the modeling code (remote code): it imports only torch and its
 sibling.

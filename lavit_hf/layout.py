@@ -1,14 +1,16 @@
 """The LaViT sample layout, in one place: what the teacher, the collator, the evaluation runner and the demo render.
 
 A LaViT conversation is one user turn holding the image(s) and then the question, and one assistant turn made of the
-K latent tokens `<lvr1>` ... `<lvrK>`, a space and the answer (METHOD.md section 2). The teacher and the evaluation
-runner render the user turn with the generation prompt; the collator renders both turns. The processor's pixel limits
-decide the image grid, so training, extraction and evaluation read and write them here, and the merged token grid of
-each image comes from `image_grid_thw` (never guessed from a token count).
+K latent tokens `<lvr1>` ... `<lvrK>`, a space and the answer (docs/method.md section 2). The teacher and the
+evaluation runner render the user turn with the generation prompt; the collator renders both turns. The processor's
+pixel limits decide the image grid, so training, extraction and evaluation read and write them here, and the merged
+token grid of each image comes from `image_grid_thw` (never guessed from a token count).
 
 User text never contributes special tokens: a question or answer holding one (a literal `<lvr1>`, `<|image_pad|>`,
 `<|im_end|>` ...) would move the layout's landmarks (the stage-1 rule would let the question see the image, labels
 would start inside the question), so `check_text` refuses it, naming the row.
+
+This file is copied next to saved checkpoints with the modeling code (remote code): it imports only torch.
 """
 
 from collections.abc import Sequence
@@ -104,7 +106,7 @@ def pixel_limits(processor) -> tuple[int, int]:
 
 def set_pixel_limits(processor, min_pixels: int, max_pixels: int) -> None:
     """Give the processor's image processor these limits, so that the saved processor (and everything that later
-    loads it) resizes images exactly as this run does (METHOD.md section 4: same limits everywhere)."""
+    loads it) resizes images exactly as this run does (docs/method.md section 4: same limits everywhere)."""
     if not 0 < min_pixels <= max_pixels:
         raise ValueError(f"Need 0 < min_pixels <= max_pixels, got {min_pixels} and {max_pixels}.")
     image_processor = processor.image_processor

@@ -1,5 +1,5 @@
-"""LaViT's loss terms and their combination (METHOD.md section 2), as pure functions: the model computes each term,
-and the model and the trainer both combine them with `combine_losses`.
+"""LaViT's loss terms and their combination (docs/method.md section 2), as pure functions: the model computes each
+term, and the model and the trainer both combine them with `combine_losses`.
 
 This file is copied next to saved checkpoints with the modeling code (remote code): it imports only torch.
 """
@@ -17,7 +17,7 @@ LOSS_WEIGHTS = {"loss_ce": "ce_loss_weight", "loss_vtop": "vtop_loss_weight", "l
 
 
 def vtop_cosine_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """`1 - cos(prediction, target)` averaged over the batch (METHOD.md section 2, V_top head).
+    """`1 - cos(prediction, target)` averaged over the batch (docs/method.md section 2, V_top head).
 
     Args:
         prediction (`torch.Tensor` of shape `(batch_size, dim)`): the V_top head's output.
@@ -27,7 +27,7 @@ def vtop_cosine_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Te
 
 
 def trajectory_kl_loss(log_probs: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """`KL(target || predicted)` over each sample's image tokens, averaged over the batch (METHOD.md section 2).
+    """`KL(target || predicted)` over each sample's image tokens, averaged over the batch (docs/method.md section 2).
 
     Terms where the target is 0 contribute 0 (the limit of `t log t`), so a sparse target is fine.
 
@@ -100,8 +100,8 @@ def combine_losses(
     ce_scale: float = 1.0,
     aux_scale: float = 1.0,
 ) -> torch.Tensor | None:
-    """`w_ce * CE + w_vtop * loss_vtop + w_traj * loss_traj` over the terms present (METHOD.md section 2), each scaled
-    for gradient accumulation; `None` when no term is present (inference).
+    """`w_ce * CE + w_vtop * loss_vtop + w_traj * loss_traj` over the terms present (docs/method.md section 2), each
+    scaled for gradient accumulation; `None` when no term is present (inference).
 
     Args:
         losses (`Mapping[str, torch.Tensor | None]`): `loss_ce`, `loss_vtop`, `loss_traj`; a missing or `None` term is

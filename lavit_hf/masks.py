@@ -1,4 +1,4 @@
-"""LaViT's attention rules (METHOD.md sections 3 and 4) and the masks a family's text model is handed.
+"""LaViT's attention rules (docs/method.md sections 3 and 4) and the masks a family's text model is handed.
 
 - The stage-1 bottleneck and the `mask_latent` diagnostic are boolean mask *functions* `fn(batch, head, q, kv)`,
   combined with causality and padding by transformers' `create_causal_mask(..., and_mask_function=fn)`. Pure index
@@ -8,7 +8,7 @@
   masks per layer type (Qwen2-VL, Qwen2.5-VL) gets `{"full_attention": mask, ...}`; one that builds its own causal
   mask from whatever it is given (Qwen3-VL) gets the 4-D mask itself, which `create_causal_mask` passes through
   unchanged. Never a boolean mask under eager: eager *adds* the mask to the scores, so a boolean one masks nothing
-  (HF_NOTES.md, "Attention masks").
+  (docs/pitfalls.md, "Attention masks").
 
 This file is copied next to saved checkpoints with the modeling code (remote code): it imports only torch and
 transformers.

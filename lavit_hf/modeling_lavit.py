@@ -1,6 +1,6 @@
 """LaViT (arXiv 2601.10129) on Qwen2.5-VL: the family binding of the LaViT core (`modeling_lavit_core.py`).
 
-Model type `lavit`; checkpoints saved before the other families existed load unchanged.
+Model type `lavit`: the paper's student family keeps the plain name.
 
 This file is copied next to saved checkpoints (remote code): it imports only torch, transformers and its siblings.
 """

@@ -7,16 +7,16 @@ A family binding (`modeling_lavit.py` for Qwen2.5-VL, `modeling_lavit_qwen2_vl.p
 
 and differs from its family in nothing else:
 - `LaViTModelMixin.forward` builds the attention mask from a mask *function* when a rule beyond causal + padding
-  applies: the stage-1 bottleneck (METHOD.md section 3) and the `mask_latent` diagnostic (section 4), handed to the
-  text model in its attention implementation's own format (`masks.py`).
+  applies: the stage-1 bottleneck (docs/method.md section 3) and the `mask_latent` diagnostic (section 4), handed to
+  the text model in its attention implementation's own format (`masks.py`).
 - `LaViTForConditionalGenerationMixin` adds the V_top head and the trajectory head (section 2, `heads.py`), reads
   the final hidden state of the latent tokens and of the image tokens (`token_layout.py`), and returns each loss term
   (`losses.py`).
 
-Changes from the reference code (METHOD.md section 6): the bottleneck is a boolean rule combined with causality and
-padding by `create_causal_mask` (the reference's 0/1 float mask blocked nothing); the trajectory is read at the image
-tokens located by `image_token_id` and checked against `image_grid_thw` (the reference read the system prompt and got
-a loss of 0 behind a bare `except`); bad inputs and bad targets raise `ValueError` naming the sample.
+Changes from the reference code (docs/method.md section 6): the bottleneck is a boolean rule combined with causality
+and padding by `create_causal_mask` (the reference's 0/1 float mask blocked nothing); the trajectory is read at the
+image tokens located by `image_token_id` and checked against `image_grid_thw` (the reference read the system prompt and
+got a loss of 0 behind a bare `except`); bad inputs and bad targets raise `ValueError` naming the sample.
 
 This file is copied next to saved checkpoints (remote code): it imports only torch, transformers and its siblings.
 """
@@ -35,7 +35,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOu
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.processing_utils import ProcessorMixin, Unpack
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
-from transformers.utils import TransformersKwargs, logging
+from transformers.utils import TransformersKwargs
 
 from .attention import PACKED_VISION_ATTENTION  # noqa: F401  (importing registers it: a trained config may name it)
 from .heads import (
@@ -62,16 +62,13 @@ from .masks import is_prepared_mask, lavit_mask_function, text_attention_masks
 from .token_layout import TokenLayout, locate_tokens
 
 
-logger = logging.get_logger(__name__)
-
-
 def register_base_conversions(pairs: dict[str, type]) -> None:
     """Let our class names load their family's checkpoints.
 
     A base family's legacy key layout (Qwen2-VL's and Qwen2.5-VL's `model.layers.*`, `visual.*`) is converted by rules
     looked up by class name or model_type, and a new class name matches none, so `from_pretrained(<a base
-    checkpoint>)` would silently leave the language model random (HF_NOTES.md, "Tokens, checkpoints, remote code").
-    `pairs` maps each of our class names to the family class whose rules it reuses; a family without rules (its
+    checkpoint>)` would silently leave the language model random (docs/pitfalls.md, "Tokens, checkpoints, remote
+    code"). `pairs` maps each of our class names to the family class whose rules it reuses; a family without rules (its
     checkpoints already use the current layout) registers nothing.
     """
     for ours, base in pairs.items():
@@ -175,7 +172,7 @@ class LaViTModelMixin:
         The family model's forward (every other argument is the family's own), with the LaViT attention rules.
 
         mask_latent (`bool`, *optional*, defaults to `False`):
-            No later position may attend to the latent tokens (a diagnostic of METHOD.md section 4).
+            No later position may attend to the latent tokens (a diagnostic of docs/method.md section 4).
         full_input_ids (`torch.LongTensor` of shape `(batch_size, total_length)`, *optional*):
             Token ids of the whole sequence so far, cached tokens included; needed to place the stage-1 and
             `mask_latent` rules under a KV cache (generation passes it). Defaults to `input_ids`.
@@ -195,8 +192,8 @@ class LaViTModelMixin:
             dtype = inputs_embeds.dtype if inputs_embeds is not None else self.get_input_embeddings().weight.dtype
             if position_ids is None:
                 # Differ from the family: positions come from the 2-D padding mask before it is replaced by the rule's
-                # mask (a 4-D mask reaching get_rope_index crashes, HF_NOTES.md). They read only the shape and device
-                # of `inputs_embeds`, so no embedding is computed twice.
+                # mask (a 4-D mask reaching get_rope_index crashes; docs/pitfalls.md, Qwen2.5-VL in transformers
+                # 5.x). They read only the shape and device of `inputs_embeds`, so no embedding is computed twice.
                 position_ids = self.compute_3d_position_ids(
                     input_ids=input_ids,
                     inputs_embeds=reference.new_empty((*reference.shape[:2], 0), dtype=dtype),
@@ -247,7 +244,7 @@ class LaViTForConditionalGenerationMixin:
         self.model = self.lavit_model_class(config)
         hidden_size = config.text_config.hidden_size
         self.lm_head = nn.Linear(hidden_size, config.text_config.vocab_size, bias=False)
-        # METHOD.md section 2: Linear(d, d) -> GELU -> Linear(d, teacher_hidden); no head without a teacher width.
+        # docs/method.md section 2: Linear(d, d) -> GELU -> Linear(d, teacher_hidden); no head without a teacher width.
         self.vtop_head = build_vtop_head(hidden_size, config.teacher_hidden_size)
         self.trajectory_query = nn.Linear(hidden_size, hidden_size)
         self.post_init()

@@ -1,15 +1,12 @@
 """Processor helpers: the Qwen2.5-VL chat template and the bundled real Qwen tokenizer."""
 
 import importlib.util
-import logging
 from pathlib import Path
 
 from transformers import AutoTokenizer, Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
 
-logger = logging.getLogger(__name__)
-
-# Pixel limits of the LaViT training scripts (METHOD.md section 3): 256 to 5,350 merged tokens per image.
+# Pixel limits of the LaViT training scripts (docs/method.md section 3): 256 to 5,350 merged tokens per image.
 DEFAULT_MIN_PIXELS = 200_704
 DEFAULT_MAX_PIXELS = 4_194_304
 

@@ -5,11 +5,14 @@ stores two columns named after it, `trajectory_column(name)` and `trajectory_ste
 which methods it holds (`trajectory_methods`) without any list of methods here.
 """
 
+import logging
 import re
 from collections.abc import Iterable
 
 import datasets
 
+
+logger = logging.getLogger(__name__)
 
 # Column names, in one place.
 ID = "id"
@@ -155,11 +158,50 @@ def lavit_features(
     return datasets.Features(columns)
 
 
-def teacher_hidden_size_of(features: datasets.Features) -> int:
-    """D, read back from a LaViT dataset's features."""
-    if VTOP not in features:
-        raise ValueError(f"Not a LaViT dataset: no {VTOP!r} column among {list(features)}.")
-    return features[VTOP].length
+def teacher_hidden_size_of(dataset: datasets.Dataset, name: str = "the dataset") -> int:
+    """D, the teacher's feature width of a LaViT dataset: from its features when they fix it (`vtop` of a fixed
+    length, or `vtop_tokens`), else from its first row (a `vtop` column declared as a plain list; the collator then
+    checks every row against it).
+
+    Args:
+        dataset (`datasets.Dataset`): a LaViT dataset.
+        name (`str`, *optional*, defaults to `"the dataset"`): names the dataset in errors and logs.
+
+    Raises:
+        `ValueError`: naming the dataset (and the row read), when it has no V_top column, is empty where the width
+            must be read from a row, or gives a width that is not positive.
+
+    Example:
+
+    ```python
+    >>> from lavit_hf.testing_utils import synthetic_lavit_dataset
+    >>> teacher_hidden_size_of(synthetic_lavit_dataset(1, teacher_hidden_size=8))
+    8
+
+    ```
+    """
+    features = dataset.features
+    if VTOP in features:
+        width = getattr(features[VTOP], "length", None)
+        where = f"column {VTOP!r} of {name}"
+        if width is None or width < 0:
+            if len(dataset) == 0:
+                raise ValueError(f"{name}: the dataset is empty.")
+            first = dataset[0]
+            width = len(first[VTOP] if first[VTOP] is not None else [])
+            logger.info(
+                "%s: column %r does not fix its width; D=%d read from its first row (%r).",
+                name, VTOP, width, first.get(ID),
+            )  # fmt: skip
+            where = f"{where} (first row {first.get(ID)!r})"
+    elif VTOP_TOKENS in features:
+        width = features[VTOP_TOKENS].shape[1]
+        where = f"column {VTOP_TOKENS!r} of {name}"
+    else:
+        raise ValueError(f"{name}: not a LaViT dataset: no {VTOP!r} column among {list(features)}.")
+    if width is None or width < 1:
+        raise ValueError(f"{where}: the teacher's feature width must be positive, got {width}.")
+    return int(width)
 
 
 __all__ = [name for name in dir() if name.isupper() and not name.startswith("_")] + [

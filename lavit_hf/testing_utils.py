@@ -1,7 +1,6 @@
 """Synthetic LaViT datasets (random images and teacher targets in the real schema) for tests, smoke runs and the
 training-step benchmark. Nothing here is a stand-in for real extraction: it only exercises the data path."""
 
-import logging
 from collections.abc import Sequence
 
 import datasets
@@ -10,8 +9,6 @@ from PIL import Image
 
 from lavit_hf import schema
 
-
-logger = logging.getLogger(__name__)
 
 WORDS = ("red", "green", "blue", "square", "circle", "left", "right", "top", "bottom", "small", "large", "two")
 

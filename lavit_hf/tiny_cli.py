@@ -7,12 +7,8 @@ Examples:
 """
 
 import argparse
-import logging
 
 from .tiny import TINY_FAMILIES, save_tiny
-
-
-logger = logging.getLogger(__name__)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
-"""An in-process fake Hugging Face Hub for tests (HF_NOTES.md, "The Hub, offline"), shared by every test that pushes.
+"""An in-process fake Hugging Face Hub for tests (docs/pitfalls.md, "The Hub, offline"), shared by every test that
+pushes.
 
 huggingface_hub 2.x sends every request through one `httpx2.Client` made by a factory that tests may replace
 (`huggingface_hub.set_client_factory`). `FakeHub.install()` replaces it with a client on an `httpx2.MockTransport`
@@ -29,7 +30,6 @@ import argparse
 import base64
 import hashlib
 import json
-import logging
 import os
 import runpy
 import shutil
@@ -40,8 +40,6 @@ from urllib.parse import parse_qs, unquote
 
 import httpx2
 
-
-logger = logging.getLogger(__name__)
 
 ENDPOINT = "http://fake-hub.local"
 USER = "fake-user"

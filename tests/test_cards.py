@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import DatasetCard, ModelCard
 
-from datasets_scripts.card import write_card
+from datasets_scripts.card import column_table, write_card
 from lavit_hf import schema
 from lavit_hf.testing_utils import synthetic_lavit_dataset
 from trainer import LaViTTrainer, LaViTTrainingArguments
@@ -40,6 +40,7 @@ def test_model_card_of_local_base_and_data(tiny_lavit, tmp_path):
     assert "`qwen-base` (a local checkpoint)" in text and "`my-lavit-data` (a local dataset)" in text
     assert str(tmp_path) not in text
     assert "trl" not in card.data.tags and "lavit" in card.data.tags
+    assert "qwen2_5_vl" in card.data.tags  # the student's family
     assert card.data.pipeline_tag == "image-text-to-text" and card.data.library_name == "transformers"
 
 
@@ -90,6 +91,8 @@ def test_dataset_card_metadata_and_no_local_paths(tmp_path, written, license, si
     assert card.data.source_datasets == ["viscot_363k.json"]
     assert str(tmp_path) not in text and "https://github.com/)" not in text
     assert "--teacher=Qwen2.5-VL-32B-Instruct" in text and 'load_dataset("out"' in text
+    every_column = schema.lavit_features(5120, token_features=True, trajectory_methods=("attention", "gradient"))
+    assert [row["name"] for row in column_table(every_column) if not row["description"]] == []
     # A Hub source and repository keep their ids.
     info = {**_extraction_info(tmp_path, written, license), "source": "deepcs233/Visual-CoT"}
     write_card(out, schema.lavit_features(5120), info, repo_id="someone/lavit-viscot")

@@ -1,4 +1,5 @@
-"""DataCollatorForLaViT: chat, labels, image inputs and teacher targets on the student's grid (METHOD.md sections 1-2)."""
+"""DataCollatorForLaViT: chat, labels, image inputs and teacher targets on the student's grid (docs/method.md sections
+1-2)."""
 
 import copy
 import math
@@ -50,7 +51,8 @@ def test_image_inputs_are_kept(collator, tiny_lavit_pair):
     batch = collator(_rows())
     config = tiny_lavit_pair[0].config
     is_image = batch["input_ids"] == config.image_token_id
-    # mm_token_type_ids marks the image tokens (dropping it silently gives them 1-D positions, HF_NOTES.md).
+    # mm_token_type_ids marks the image tokens (dropping it silently gives them 1-D positions, docs/pitfalls.md,
+    # Qwen2.5-VL in transformers 5.x).
     assert torch.equal(batch["mm_token_type_ids"] == 1, is_image)
     assert batch["image_grid_thw"].tolist() == [[1, 4, 4], [1, 6, 8]]
     assert is_image.sum(dim=1).tolist() == [4, 12]

@@ -70,7 +70,7 @@ def test_another_family_teacher_trains_a_student(family, student_family, source,
         )
     )  # fmt: skip
     dataset = datasets.load_dataset(str(data), split="train")
-    assert len(dataset) == len(SIZES) and schema.teacher_hidden_size_of(dataset.features) == TEACHER_WIDTH
+    assert len(dataset) == len(SIZES) and schema.teacher_hidden_size_of(dataset) == TEACHER_WIDTH
     assert set(dataset[schema.TEACHER_FAMILY]) == {family}
     assert schema.trajectory_methods(dataset.column_names) == ["attention", "gradient"]
     for row, size in zip(dataset, SIZES, strict=True):

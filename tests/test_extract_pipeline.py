@@ -83,7 +83,8 @@ def test_dataset_loads_with_declared_features(reference, tiny_teacher_pair):
     assert ds[schema.ID] == ["viscot/q0", "viscot/q1", "viscot/q3", "viscot/q7", "viscot/q8"]  # source order
     row = ds.with_format("numpy")[0]
     h, w = row[schema.TEACHER_GRID]
-    # numpy/torch formatting upcasts floats (HF_NOTES.md); the stored type is the declared float16 Array2D
+    # numpy/torch formatting upcasts floats (docs/pitfalls.md, datasets); the stored type is the declared float16
+    # Array2D.
     assert row[schema.VTOP_TOKENS].shape == (h * w, hidden)
     assert "halffloat" in str(ds.data.table.schema.field(schema.VTOP_TOKENS).type.storage_dtype)
     assert abs(row[schema.TRAJECTORY_ATTENTION].sum() - 1) < 1e-5

@@ -1,4 +1,4 @@
-"""Source readers (METHOD.md section 5) and the box filter's padded-square geometry."""
+"""Source readers (docs/method.md section 5) and the box filter's padded-square geometry."""
 
 import json
 import re

@@ -1,4 +1,4 @@
-"""Teacher-side extraction against independent references, for every teacher family (METHOD.md section 1)."""
+"""Teacher-side extraction against independent references, for every teacher family (docs/method.md section 1)."""
 
 import copy
 

@@ -1,4 +1,5 @@
-"""Resampling teacher targets between token grids (METHOD.md section 1: bilinear on the 2-D grid, renormalised)."""
+"""Resampling teacher targets between token grids: bilinear on the 2-D grid, then renormalised (docs/method.md
+section 1)."""
 
 import pytest
 import torch

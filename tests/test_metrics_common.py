@@ -114,7 +114,7 @@ def test_loader_reads_a_data_root(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_module_files_import_one_module_per_line(name):
-    # evaluate reads "import a, b" as a package named "a," (HF_NOTES.md, evaluate); "from a import b, c" is fine.
+    # evaluate reads "import a, b" as a package named "a," (docs/pitfalls.md, evaluate); "from a import b, c" is fine.
     for path in (Path(module_path(name)) / f"{name}.py", Path(module_path(name)) / "metric_utils.py"):
         imports = [line for line in path.read_text().splitlines() if line.startswith("import ")]
         assert imports and all("," not in line for line in imports), path

@@ -1,6 +1,6 @@
-"""Behaviour of the LaViT model through its public API, on tiny random models of every student family (METHOD.md
-sections 2, 3, 6). The attention-rule tests compare the final hidden states (the logits are the LM head applied to
-them), which skips the 152k-wide projection on the CPU."""
+"""Behaviour of the LaViT model through its public API, on tiny random models of every student family
+(docs/method.md sections 2, 3, 6). The attention-rule tests compare the final hidden states (the logits are the LM head
+applied to them), which skips the 152k-wide projection on the CPU."""
 
 import copy
 

@@ -1,5 +1,5 @@
 """Two processes over gloo on the CPU: `lavit extract` and `lavit train` under `accelerate launch` give what one
-process gives (project issue: several GPUs; until such a machine is lent, the same launches on CPUs, tiny models).
+process gives: the same launches as on several GPUs, on CPUs with tiny models, so that CI needs no GPU.
 
 Why `--multi_gpu` and not `--cpu`: `accelerate launch --cpu --num_processes 2` starts ONE process (accelerate's simple
 launcher; several CPU processes need mpirun and a hostfile), so nothing would be tested. `--multi_gpu` is torchrun's

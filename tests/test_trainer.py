@@ -150,7 +150,7 @@ def test_repeated_batch_all_losses_fall(tiny_lavit, dataset, tmp_path):
 
 def test_gradient_accumulation_matches_one_large_batch(tiny_lavit_pair, dataset, tmp_path):
     """GA=2 of batch 1 and GA=1 of batch 2 take the same step: token-averaged CE over the whole accumulation step
-    and per-batch means of the auxiliary losses (HF_NOTES.md, Trainer). Plain SGD at lr 1 makes the update the
+    and per-batch means of the auxiliary losses (docs/pitfalls.md, Trainer). Plain SGD at lr 1 makes the update the
     gradient."""
     pair = dataset.select([0, 1])
     updates, losses = [], []
@@ -204,7 +204,7 @@ def _capture_decoder_mask(model):
 
 
 def test_stage1_training_forward_uses_the_bottleneck(tiny_lavit, dataset, tmp_path):
-    """In a stage-1 training step the decoder gets the true bottleneck (METHOD.md sections 3 and 6.1): answer and
+    """In a stage-1 training step the decoder gets the true bottleneck (docs/method.md sections 3 and 6.1): answer and
     question queries cannot attend to image keys, latent queries can; so the question's hidden states in the
     training forward do not move at all when the pixels change."""
     model, processor = tiny_lavit
@@ -372,7 +372,8 @@ FRESH_LOAD = textwrap.dedent(
 
 def test_checkpoints_load_in_a_fresh_process_without_lavit_hf(tiny_lavit, dataset, tmp_path):
     """Every checkpoint holds weights, config, processor, modeling code and card, and loads with remote code where
-    lavit_hf is not importable; a save from an FSDP2-style class-swapped model is repaired (HF_NOTES.md)."""
+    lavit_hf is not importable; a save from an FSDP2-style class-swapped model is repaired
+    (docs/pitfalls.md, "Tokens, checkpoints, remote code")."""
     from torch.distributed.fsdp import FSDPModule
     from torch.distributed.fsdp._fully_shard import _fully_shard
 

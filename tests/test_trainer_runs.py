@@ -65,7 +65,7 @@ def _learning_rates(folder: Path) -> list[float]:
 
 def test_each_schedule_uses_its_own_steps_and_learning_rate(tmp_path, dataset_dir, student_dir):
     """`single` reads max_steps / learning_rate / warmup_steps; `stage1` and `stage2` alone read their stage's fields
-    (not the plain ones, which a stage run alone used to train with instead), as each stage of `two_stage` does."""
+    (not the plain ones), as each stage of `two_stage` does, so that a stage trains alike alone or in a schedule."""
     constant = ("--lr_scheduler_type", "constant_with_warmup")
     runs = {
         "single": ("--max_steps", "2", "--learning_rate", "1e-3", "--warmup_steps", "0"),

@@ -65,10 +65,10 @@ class DataCollatorForLaViT(DataCollatorMixin):
 
     Each row becomes the chat `[image, question] -> "<lvr1>...<lvrK> answer"` rendered by the processor's chat template
     and tokenised with its image (padding on the right). Labels are -100 before the first latent token, on padding
-    and after the last `<|im_end|>`, so CE covers the latent tokens and the answer (METHOD.md section 2). The teacher
-    targets are moved from the teacher's merged grid (`teacher_grid`) to the student's (`image_grid_thw` h/2, w/2),
-    bilinearly on the 2-D grid, the trajectory then renormalised (METHOD.md section 1): the grid is never guessed from
-    a token count. A row with a missing or malformed target raises a `ValueError` naming the row's `id`.
+    and after the last `<|im_end|>`, so CE covers the latent tokens and the answer (docs/method.md section 2). The
+    teacher targets are moved from the teacher's merged grid (`teacher_grid`) to the student's (`image_grid_thw` h/2,
+    w/2), bilinearly on the 2-D grid, the trajectory then renormalised (docs/method.md section 1): the grid is never
+    guessed from a token count. A row with a missing or malformed target raises a `ValueError` naming the row's `id`.
 
     Args:
         processor (`ProcessorMixin`):
@@ -262,7 +262,8 @@ class DataCollatorForLaViT(DataCollatorMixin):
         encoded = self.processor(
             text=texts, images=images, return_tensors="pt", padding=True, padding_side="right", **kwargs
         )
-        # mm_token_type_ids stays: without it the image tokens silently get 1-D positions (HF_NOTES.md).
+        # mm_token_type_ids stays: without it the image tokens silently get 1-D positions (docs/pitfalls.md, Qwen2.5-VL
+        # in transformers 5.x).
         return dict(encoded)
 
     def _labels(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: list[str]) -> torch.Tensor:

@@ -29,7 +29,7 @@ STAGE_SCHEDULE_FIELDS = {
 class LaViTTrainingArguments(TrainingArguments):
     r"""
     Arguments of `LaViTTrainer` and `lavit train`: every `transformers.TrainingArguments` field plus the fields
-    below (see the `help` of each field for its meaning; METHOD.md sections 2 and 3 for the method).
+    below (see the `help` of each field for its meaning; docs/method.md sections 2 and 3 for the method).
 
     Parameters that control the model:
         `model_name_or_path`, `num_latent_tokens`, `model_dtype`, `attn_implementation`, `freeze_vision`,
@@ -55,9 +55,9 @@ class LaViTTrainingArguments(TrainingArguments):
     schedule would ignore, set to anything but its default, is refused with its name.
 
     > [!NOTE]
-    > These defaults differ from `TrainingArguments` (they are the reference recipe of METHOD.md section 3):
+    > These defaults differ from `TrainingArguments` (they are the reference recipe of docs/method.md section 3):
     > - `remove_unused_columns=False`: the teacher targets are not forward arguments the Trainer would recognise
-    >   (HF_NOTES.md, Trainer).
+    >   (docs/pitfalls.md, Trainer).
     > - `bf16=None`, resolved to `True` where a CUDA device supports bfloat16, else `False`.
     > - `torch_compile=None`, resolved to `True` on a single-process or DDP CUDA run, else `False` (see below).
     > - `activation_checkpointing=True`, with `activation_checkpointing_kwargs={"use_reentrant": False}` (the vision
@@ -72,8 +72,9 @@ class LaViTTrainingArguments(TrainingArguments):
     >
     > Every update is applied: with float32 weights (the default) the optimiser updates float32 master weights
     > under bf16 autocast; with `model_dtype="bfloat16"` plain AdamW would round most updates at the paper's learning
-    > rates away (a bf16 weight of magnitude 0.02 has a half-ulp of about 5e-5, HF_NOTES.md, Numerics), so the
-    > trainer uses Kahan-compensated AdamW (`torch-optimi`) instead and refuses optimisers that do not compensate.
+    > rates away (a bf16 weight of magnitude 0.02 has a half-ulp of about 5e-5; docs/pitfalls.md, Numerics and
+    > resolution), so the trainer uses Kahan-compensated AdamW (`torch-optimi`) instead and refuses optimisers that
+    > do not compensate.
     """
 
     # Parameters that control the model
@@ -419,7 +420,8 @@ class LaViTTrainingArguments(TrainingArguments):
 
     def stage_overrides(self, stage: int) -> dict:
         """The `TrainingArguments` values of stage `stage` (1 or 2) of a staged schedule: steps, learning rate and a
-        warm-up ratio of its own (METHOD.md section 3: 400 steps at 5e-6, warm-up 0.06; then 600 at 2e-6, 0.03)."""
+        warm-up ratio of its own (docs/method.md section 3: 400 steps at 5e-6 with warm-up 0.06, then 600 at 2e-6
+        with 0.03)."""
         return {
             "max_steps": getattr(self, f"stage{stage}_steps"),
             "learning_rate": getattr(self, f"stage{stage}_learning_rate"),

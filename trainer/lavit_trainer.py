@@ -1,8 +1,8 @@
 """`LaViTTrainer`: a `transformers.Trainer` for LaViT students (arXiv 2601.10129), laid out like TRL's trainers.
 
 Why `Trainer` and not TRL's `SFTTrainer`: `SFTTrainer` patches the model's forward with a fused LM head that calls the
-base model directly, bypassing our forward, the stage-1 mask and the two heads (HF_NOTES.md, Trainer). TRL is not a
-dependency at all: the LoRA flags keep the names of TRL's `ModelConfig`, but its helpers would put neither the heads
+base model directly, bypassing our forward, the stage-1 mask and the two heads (docs/pitfalls.md, Trainer). TRL is not
+a dependency at all: the LoRA flags keep the names of TRL's `ModelConfig`, but its helpers would put neither the heads
 in `modules_to_save` nor the latent rows in `trainable_token_indices`, nor keep the heads out of quantisation, so
 `trainer.lora` builds the PEFT and bitsandbytes configs.
 """
@@ -50,7 +50,7 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 class LaViTTrainer(Trainer):
     """
     Trainer of a LaViT student: one forward of `LaViTForConditionalGeneration` gives CE, V_top and trajectory losses
-    (METHOD.md section 2), combined with the weights of the model config and logged separately.
+    (docs/method.md section 2), combined with the weights of the model config and logged separately.
 
     Args:
         model (`LaViTForConditionalGeneration`):
@@ -75,7 +75,8 @@ class LaViTTrainer(Trainer):
             Passed to `transformers.Trainer`.
     """
 
-    _tag_names = ["lavit", "latent-visual-reasoning", "qwen2_5_vl", "distillation"]
+    # The student's family (its base model type: `qwen2_5_vl`, `qwen3_vl`, ...) joins these per trainer.
+    _tag_names = ["lavit", "latent-visual-reasoning", "distillation"]
     _name = "LaViT"
     _paper = {
         "title": "Aligning Latent Visual Thoughts for Multi-modal Reasoning",
@@ -93,7 +94,7 @@ class LaViTTrainer(Trainer):
     }
     _template_file = "model_card_template.md"
     # The CE token sum is divided by `num_items_in_batch` (the labelled tokens of the whole accumulation step) and the
-    # auxiliary means by the accumulation steps in `compute_loss` itself (HF_NOTES.md, Trainer).
+    # auxiliary means by the accumulation steps in `compute_loss` itself (docs/pitfalls.md, Trainer).
     loss_is_scaled_for_ga = True
 
     def __init__(
@@ -122,6 +123,7 @@ class LaViTTrainer(Trainer):
         self.configure_model(model, args)
         set_pixel_limits(processing_class, args.min_pixels, args.max_pixels)
         config = base_model_of(model).config
+        self._tag_names = [*type(self)._tag_names, config.base_model_type]
         self.max_length = args.max_length or config.get_text_config().max_position_embeddings
         if data_collator is None:
             data_collator = DataCollatorForLaViT(
@@ -209,9 +211,9 @@ class LaViTTrainer(Trainer):
     @staticmethod
     def get_optimizer_cls_and_kwargs(args: TrainingArguments, model: nn.Module | None = None) -> tuple[Any, Any]:
         """`Trainer`'s optimiser, except on trainable bfloat16 / float16 weights: there plain AdamW loses most
-        updates at the paper's learning rates to rounding (HF_NOTES.md, Numerics), so it becomes torch-optimi's
-        `AdamW(kahan_sum=True)` (same betas, epsilon, weight decay and schedule); `stable_adamw` (torch-optimi, Kahan
-        on low-precision weights) is kept; any other optimiser is refused."""
+        updates at the paper's learning rates to rounding (docs/pitfalls.md, Numerics and resolution), so it becomes
+        torch-optimi's `AdamW(kahan_sum=True)` (same betas, epsilon, weight decay and schedule); `stable_adamw`
+        (torch-optimi, Kahan on low-precision weights) is kept; any other optimiser is refused."""
         trainable = [] if model is None else [p for p in model.parameters() if p.requires_grad]
         low_precision = any(p.dtype in LOW_PRECISION for p in trainable)
         optim = str(getattr(args.optim, "value", args.optim))
@@ -427,10 +429,10 @@ def _unswapped_class(cls: type) -> type:
 
 
 def repair_remote_code(save_directory: str | os.PathLike, model: nn.Module) -> bool:
-    """Repair the remote code of a checkpoint saved from a class-swapped model (HF_NOTES.md: under FSDP2
-    `save_pretrained` copies torch's files and writes an `auto_map` naming `_fully_shard.FSDP<Name>`, which cannot
-    load). Rewrites `auto_map` to the real class, copies its modeling files and removes the copied torch files.
-    Returns whether anything was repaired."""
+    """Repair the remote code of a checkpoint saved from a class-swapped model (docs/pitfalls.md, "Tokens,
+    checkpoints, remote code": under FSDP2 `save_pretrained` copies torch's files and writes an `auto_map` naming
+    `_fully_shard.FSDP<Name>`, which cannot load). Rewrites `auto_map` to the real class, copies its modeling files and
+    removes the copied torch files. Returns whether anything was repaired."""
     model_class = _unswapped_class(type(model))
     config_path = Path(save_directory) / "config.json"
     if model_class is type(model) or not config_path.is_file():

@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 LAVIT_CONFIG_NAME = "lavit_config.json"
 BASE_MODEL_FOLDER = "base_model"
-# The heads start new (METHOD.md section 2): they train in full, beside the adapter.
+# The heads start new (docs/method.md section 2): they train in full, beside the adapter.
 HEAD_MODULES = ("vtop_head", "trajectory_query")
 # Every linear projection of the language model's decoder layers; the vision tower stays frozen (reference recipe).
 DEFAULT_TARGET_MODULES = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"

@@ -21,7 +21,7 @@ LOSS_PNG = "loss_curves.png"
 CURVE_KEYS = ("loss", "loss_ce", "loss_vtop", "loss_traj")
 MAX_CURVE_ROWS = 20
 STAGE_TEXT = {
-    "single": ("Single stage", "Causal attention and all three losses (METHOD.md section 3)."),
+    "single": ("Single stage", "Causal attention and all three losses (docs/method.md section 3)."),
     "stage1": (
         "Stage 1: bottleneck",
         "The answer after the latent tokens cannot attend to the image tokens (with `block_prompt`, neither can the "

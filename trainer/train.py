@@ -1,4 +1,4 @@
-"""`lavit train`: train a LaViT student from a LaViT dataset, in one stage or two (METHOD.md section 3).
+"""`lavit train`: train a LaViT student from a LaViT dataset, in one stage or two (docs/method.md section 3).
 
 Example (a tiny run on a CPU):
 
@@ -168,40 +168,12 @@ def lora_base(args: LaViTTrainingArguments, teacher_hidden_size: int | None) -> 
     return str(folder)
 
 
-def teacher_hidden_size_of(dataset, name: str) -> int:
-    """D, the teacher's feature width: from the features when they fix it, else from the data (a `vtop` column
-    declared as a plain list); every row is then checked against it by the collator."""
-    from lavit_hf import schema
-
-    features = dataset.features
-    if schema.VTOP in features:
-        width = getattr(features[schema.VTOP], "length", None)
-        if width is None or width < 0:
-            if len(dataset) == 0:
-                raise ValueError(f"{name}: the dataset is empty.")
-            first = dataset[0]
-            width = len(first[schema.VTOP] if first[schema.VTOP] is not None else [])
-            logger.info(
-                "%s: column %r does not fix its width; D=%d read from its first row (%r).",
-                name, schema.VTOP, width, first.get(schema.ID),
-            )  # fmt: skip
-            where = f"column {schema.VTOP!r} of {name} (first row {first.get(schema.ID)!r})"
-        else:
-            where = f"column {schema.VTOP!r} of {name}"
-    elif schema.VTOP_TOKENS in features:
-        width = features[schema.VTOP_TOKENS].shape[1]
-        where = f"column {schema.VTOP_TOKENS!r} of {name}"
-    else:
-        raise ValueError(f"{name}: not a LaViT dataset: no {schema.VTOP!r} column among {list(features)}.")
-    if width is None or width < 1:
-        raise ValueError(f"{where}: the teacher's feature width must be positive, got {width}.")
-    return int(width)
-
-
 def load_datasets(args: LaViTTrainingArguments):
     """The training split and, with `eval_split`, the evaluation split; targets read as torch tensors (about 5x
-    faster than nested lists, HF_NOTES.md) while the image and text columns stay Python objects."""
+    faster than nested lists, docs/pitfalls.md, datasets) while the image and text columns stay Python objects."""
     from datasets import load_dataset
+
+    from lavit_hf import schema
 
     if args.dataset_name_or_path is None:
         raise ValueError("Pass --dataset_name_or_path (a LaViT dataset written by `lavit extract`).")
@@ -210,7 +182,8 @@ def load_datasets(args: LaViTTrainingArguments):
     if args.eval_split is not None:
         source = args.eval_dataset_name_or_path or args.dataset_name_or_path
         eval_dataset = with_target_format(load_dataset(source, split=args.eval_split))
-    return train_dataset, eval_dataset, teacher_hidden_size_of(train_dataset, f"{args.dataset_name_or_path} (train)")
+    width = schema.teacher_hidden_size_of(train_dataset, f"{args.dataset_name_or_path} (train)")
+    return train_dataset, eval_dataset, width
 
 
 def with_target_format(dataset):
@@ -469,7 +442,6 @@ __all__ = [
     "main",
     "make_parser",
     "run_schedule",
-    "teacher_hidden_size_of",
     "to_training_arguments",
     "with_target_format",
 ]

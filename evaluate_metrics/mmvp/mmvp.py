@@ -36,9 +36,9 @@ Rows 2k-1 and 2k of `Questions.csv` ask the same question about the two images o
 
 This module reads the chosen option from the model's free text and reports both figures in use: the accuracy per
 question (what LaViT and most later papers report) and the MMVP paper's own pair accuracy, where a pair counts only
-when both of its questions are answered correctly. The LaViT reference code reported the first only (METHOD.md,
-defect 5). The official MMVP script grades answers with GPT-4 (`scripts/gpt_grader.py`); this module replaces that
-judge with the deterministic rule below, so no network is needed.
+when both of its questions are answered correctly. The LaViT reference code reported the first only (lavit-hf
+docs/method.md, section 6.5). The official MMVP script grades answers with GPT-4 (`scripts/gpt_grader.py`); this
+module replaces that judge with the deterministic rule below, so no network is needed.
 """
 
 _KWARGS_DESCRIPTION = """

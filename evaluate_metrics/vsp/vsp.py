@@ -43,9 +43,9 @@ VSP spatial planning (the FrozenLake-style maze task of VSP, in the split used b
 stepping into a hole. The answer is put in `\\boxed{}`.
 
 The plan is scored by walking it on the row's grid, `map_desc` (0 free, -1 hole, 1 start, 2 goal), as Mirage's
-`simulate_vsp` does; the LaViT reference code scored against another field (METHOD.md, defect 5). The `frozenlake`
-configuration follows the original VSP checker (`VSP-main/maze/task-main/eval.py`), which steps gym's
-`FrozenLake-v1` and therefore ends the walk at the goal.
+`simulate_vsp` does; the LaViT reference code scored against another field (lavit-hf docs/method.md, section 6.5).
+The `frozenlake` configuration follows the original VSP checker (`VSP-main/maze/task-main/eval.py`), which steps
+gym's `FrozenLake-v1` and therefore ends the walk at the goal.
 """
 
 _KWARGS_DESCRIPTION = """
