@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from lavit_hf.arguments import parse_with_config
 
 
-logger = logging.getLogger(__name__)
-
 # verb -> (module holding make_parser() and main(args), one-line help)
 COMMANDS = {
     "make-tiny": ("lavit_hf.tiny_cli", "save a tiny random LaViT student or Qwen2.5-VL teacher with its processor"),

@@ -1,7 +1,7 @@
 """`lavit demo`: a small but faithful replica of LaViT's setting, end to end through the project's own code, and an
 equal-budget experiment that says whether the method helps and whether the student uses its latent tokens.
 
-1. Task (`datasets_scripts.synthetic`): images of two or three coloured shapes. The distillation task asks the colour
+1. Task (`lavit_cli.task`): images of two or three coloured shapes. The distillation task asks the colour
    of the shape marked with a black dot: one object, found by looking. General questions (the colour of the largest
    shape, the number of shapes) are the pre-training of the student base and part of the teacher's training.
 2. Teacher: a tiny Qwen2.5-VL, twice as deep as the student and seeing the images at a higher resolution, fine-tuned
@@ -124,7 +124,7 @@ def make_parser():
 
 def task_splits(args: DemoArguments) -> dict[str, list[dict[str, Any]]]:
     """The samples of every split, drawn at the teacher's resolution (the student's processor downsizes them)."""
-    from datasets_scripts.synthetic import generate_samples
+    from .task import generate_samples
 
     size = args.teacher_image_size
     counts_and_types = {
@@ -269,7 +269,7 @@ def build_student_base(args: DemoArguments, out: Path, splits: dict[str, list], 
     if (folder / "config.json").is_file():
         logger.info("Student base already built in %s", folder)
         return folder
-    images = [s["image"] for s in splits["pretrain"][:512]]
+    images = [s["image"] for s in (splits["pretrain"] or splits["train"])[:512]]
     model, processor = tiny_vlm(
         args, args.seed + 1, args.student_hidden_size, args.student_layers, args.student_image_size, images
     )
@@ -295,7 +295,7 @@ def build_student_base(args: DemoArguments, out: Path, splits: dict[str, list], 
 
 
 def write_source(samples: list[dict[str, Any]], folder: Path) -> Path:
-    from datasets_scripts.synthetic import write_jsonl_source
+    from .task import write_jsonl_source
 
     source = folder / "source.jsonl"
     if not source.is_file():
@@ -379,7 +379,7 @@ def evaluate_student(
 def main(args: DemoArguments | Any) -> dict[str, Any]:
     from datasets import load_dataset
 
-    from datasets_scripts.synthetic import synthetic_dataset
+    from .task import synthetic_dataset
 
     from .experiment import train_variant
     from .report import write_report

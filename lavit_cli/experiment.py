@@ -7,7 +7,7 @@ checkpoint, the distillation set, the number of optimiser steps, the peak learni
 seeds. Two-stage variants split the same steps between the stages (the paper's 40/60 split by default) and run stage
 2 at the paper's ratio of learning rates (2e-6 / 5e-6).
 
-The reliance diagnostics (METHOD.md section 4), scored with `lavit eval`'s runner:
+The reliance diagnostics (docs/method.md section 4), scored with `lavit eval`'s runner:
 - `normal`: greedy decoding; the student writes its own latent tokens (or not).
 - `force`: the K latent tokens are written into the prompt, then greedy decoding.
 - `mask`: as `force`, and no later position may attend to the latent tokens (for every generated token): the answer
@@ -27,7 +27,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 DIAGNOSTICS = ("normal", "force", "mask")
-# The paper's two stages: 400 of 1,000 steps at 5e-6, then 600 at 2e-6 (METHOD.md section 3).
+# The paper's two stages: 400 of 1,000 steps at 5e-6, then 600 at 2e-6 (docs/method.md section 3).
 PAPER_STAGE1_SHARE = 0.4
 PAPER_STAGE2_LR_RATIO = 2e-6 / 5e-6
 

@@ -3,7 +3,7 @@
 import evaluate
 import pytest
 
-from datasets_scripts import synthetic
+from lavit_cli import task as synthetic
 from evaluate_metrics import load_benchmark, module_path
 from evaluate_metrics.shapes import shapes
 

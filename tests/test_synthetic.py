@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from datasets_scripts.synthetic import (
+from lavit_cli.task import (
     ANSWER_VOCABULARY,
     DEFAULT_QUESTION_TYPES,
     QUESTION_TYPES,
@@ -42,6 +42,7 @@ def test_object_questions_name_an_object_and_its_box(question_type):
         kind, question, answer, box = ask(random.Random(seed), SCENE, (question_type,))
         about = next(shape for shape in SCENE if shape.box == box)
         expected = {
+            "colour_of_marked": about.colour,
             "colour_of_shape": about.colour,
             "shape_of_colour": about.kind,
             "larger": about.kind,
@@ -51,6 +52,16 @@ def test_object_questions_name_an_object_and_its_box(question_type):
         if kind == "larger":  # the larger of the two shapes named
             named = [shape for shape in SCENE if shape.kind in question]
             assert about is max(named, key=lambda shape: shape.radius)
+
+
+def test_the_marked_shape_and_only_it_carries_the_black_dot():
+    for sample in generate_samples(20, seed=1, image_size=168, split="test", question_types=("colour_of_marked",)):
+        pixels = sample["image"].load()
+        width, height = sample["image"].size
+        black = [(x, y) for x in range(width) for y in range(height) if pixels[x, y] == (0, 0, 0)]
+        assert black, sample["id"]
+        x0, y0, x1, y1 = (v * width for v in sample["bbox"])  # a square image: the padded square is the image
+        assert all(x0 <= x <= x1 and y0 <= y <= y1 for x, y in black), sample["id"]
 
 
 def test_generation_is_deterministic_and_checks_its_types():

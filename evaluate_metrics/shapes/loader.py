@@ -11,7 +11,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Reads a split of the shapes task as `datasets_scripts.synthetic.write_jsonl_source` writes it."""
+"""Reads a split of the shapes task as `lavit_cli.task.write_jsonl_source` writes it."""
 
 from pathlib import Path
 
