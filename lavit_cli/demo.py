@@ -379,10 +379,9 @@ def evaluate_student(
 def main(args: DemoArguments | Any) -> dict[str, Any]:
     from datasets import load_dataset
 
-    from .task import synthetic_dataset
-
     from .experiment import train_variant
     from .report import write_report
+    from .task import synthetic_dataset
 
     if not isinstance(args, DemoArguments):
         args = DemoArguments(**{k: v for k, v in vars(args).items() if k != "config"})

@@ -3,9 +3,9 @@
 import evaluate
 import pytest
 
-from lavit_cli import task as synthetic
 from evaluate_metrics import load_benchmark, module_path
 from evaluate_metrics.shapes import shapes
+from lavit_cli import task as synthetic
 
 
 @pytest.fixture(scope="module")
