@@ -151,10 +151,15 @@ def _fresh_process(tmp_path: Path, code: str, *argv: str) -> dict:
     return json.loads(lines[-1].removeprefix("RESULT "))
 
 
-def test_both_stages_under_lora_from_a_qwen_checkpoint(tmp_path, tiny_teacher_dir):
-    """`lavit train --use_peft` from a Qwen2.5-VL checkpoint: the student is converted once into
-    `output_dir/base_model`; stage 1 trains an adapter under the bottleneck, stage 2 trains the same adapter on;
-    each stage's folder holds an adapter on that base; a rerun trains nothing."""
+@pytest.mark.parametrize(("family", "student_type"), [("qwen2_5_vl", "lavit"), ("qwen3_vl", "lavit_qwen3_vl")])
+def test_both_stages_under_lora_from_a_qwen_checkpoint(tmp_path, tiny_teachers, family, student_type):
+    """`lavit train --use_peft` from a base checkpoint of a student family: the student is converted once into
+    `output_dir/base_model` (of that family); stage 1 trains an adapter under the bottleneck, stage 2 trains the same
+    adapter on; each stage's folder holds an adapter on that base, which reloads as that family's student; a rerun
+    trains nothing."""
+    tiny_teacher_dir = tmp_path / "base"
+    for part in tiny_teachers(family):
+        part.save_pretrained(tiny_teacher_dir)
     data = tmp_path / "data"
     synthetic_lavit_dataset(4, D, image_sizes=((56, 56),), teacher_grids=((2, 2),)).to_parquet(
         data / "data" / "train-00000-of-00001.parquet"
@@ -171,7 +176,9 @@ def test_both_stages_under_lora_from_a_qwen_checkpoint(tmp_path, tiny_teacher_di
     main(parse_with_config(make_parser(), ["--config", str(config)]))
     out = tmp_path / "out"
     base = out / "base_model"
-    assert json.loads((base / "config.json").read_text())["model_type"] == "lavit"
+    assert json.loads((base / "config.json").read_text())["model_type"] == student_type
+    reloaded = load_lora_checkpoint(out / "stage2")
+    assert reloaded.get_base_model().config.model_type == student_type
     for stage in (1, 2):
         folder = out / f"stage{stage}"
         adapter = json.loads((folder / "adapter_config.json").read_text())

@@ -163,10 +163,13 @@ def load_lora_checkpoint(folder: str | os.PathLike, is_trainable: bool = False, 
     require_peft()
     from peft import PeftConfig, PeftModel
 
-    from lavit_hf import LaViTForConditionalGeneration
+    from transformers import AutoModelForImageTextToText
+
+    import lavit_hf  # noqa: F401  (registers every LaViT family with the Auto classes)
 
     adapter = PeftConfig.from_pretrained(str(folder))
-    base = LaViTForConditionalGeneration.from_pretrained(adapter.base_model_name_or_path, **from_pretrained_kwargs)
+    # The Auto class picks the base's own family (Qwen2-VL, Qwen2.5-VL or Qwen3-VL student).
+    base = AutoModelForImageTextToText.from_pretrained(adapter.base_model_name_or_path, **from_pretrained_kwargs)
     if is_trainable and getattr(base, "is_quantized", False):
         from peft import prepare_model_for_kbit_training
 

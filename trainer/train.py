@@ -142,10 +142,12 @@ def lora_base(args: LaViTTrainingArguments, teacher_hidden_size: int | None) -> 
     temporary name, then renamed, so a kill never leaves a half-written base) and reused by a rerun."""
     from accelerate import PartialState
 
+    from lavit_hf import STUDENT_FAMILIES
+
     from .lora import BASE_MODEL_FOLDER, is_lora_checkpoint
 
     path = args.model_name_or_path
-    if is_lora_checkpoint(path) or model_type_of(path) == "lavit":
+    if is_lora_checkpoint(path) or model_type_of(path) in {family.model_type for family in STUDENT_FAMILIES.values()}:
         return path
     folder = Path(args.output_dir) / BASE_MODEL_FOLDER
     state = PartialState()
