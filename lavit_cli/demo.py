@@ -83,6 +83,15 @@ class DemoArguments:
     student_image_size: int = field(default=112, metadata={"help": "Side of the student's images in pixels."})
     pretrain_steps: int = field(default=150, metadata={"help": "General pre-training steps of the student base."})
     num_latent_tokens: int = field(default=4, metadata={"help": "K, latent tokens per answer."})
+    latent_separator: str = field(
+        default="\n",
+        metadata={
+            "help": "What follows the latent tokens before the answer. The paper's space merges into the one-word "
+            "answer's token, which the last latent token then predicts with the image in view, so neither the "
+            "bottleneck nor the mask diagnostic could reach it; a newline is a token of its own (a deviation from "
+            "the paper, docs/method.md section 2)."
+        },
+    )
     student_steps: int = field(default=160, metadata={"help": "Optimiser steps of every student (all stages)."})
     learning_rate: float = field(default=2e-3, metadata={"help": "Peak learning rate of every student."})
     batch_size: int = field(default=16, metadata={"help": "Batch size of every training run."})
@@ -421,6 +430,7 @@ def main(args: DemoArguments | Any) -> dict[str, Any]:
         "freeze_vision": True,
         "trajectory_method": args.trajectory_method,
         "vtop_normalization": args.vtop_normalization,
+        "latent_separator": args.latent_separator,
     }
     students: dict[str, dict[int, dict[str, Any]]] = {}
     for variant in resolve_variants(args.variants):

@@ -151,11 +151,14 @@ def write_report(out: Path, results: dict[str, Any]) -> str:
         f"- Task: the colour of the shape marked with a black dot, among two or three coloured shapes. Distillation "
         f"set: {args['train_size']} labelled samples; {args['test_size']} held-out items, never trained on.",
         f"- Teacher: tiny Qwen2.5-VL, width {args['teacher_hidden_size']}, {args['teacher_layers']} layers, "
-        f"{args['teacher_image_size']}px images, fine-tuned {args['teacher_steps']} steps on fresh samples of the task "
-        f"and the general questions. Held-out accuracy {teacher['accuracy']:.1%}.",
+        f"{args['teacher_image_size']}px images, fine-tuned {args['teacher_steps']} steps on "
+        f"{args['teacher_steps'] * args['batch_size']} fresh samples of the task. Held-out accuracy "
+        f"{teacher['accuracy']:.1%}.",
         f"- Student base: tiny Qwen2.5-VL, width {args['student_hidden_size']}, {args['student_layers']} layers, "
         f"{args['student_image_size']}px images, pre-trained {args['pretrain_steps']} steps on the general questions "
-        f"only, then given {args['num_latent_tokens']} latent tokens.",
+        f"only, then given {args['num_latent_tokens']} latent tokens followed by {args['latent_separator']!r} before "
+        "the answer. Both models read images through the colour patch tower and keep their 151k-row vocabulary "
+        "frozen (see `lavit_cli/demo.py`).",
         f"- Every student: {args['student_steps']} optimiser steps, batch {args['batch_size']}, peak learning rate "
         f"{args['learning_rate']} (two-stage runs: 40% of the steps in stage 1, stage 2 at 0.4x the rate), seeds "
         f"{args['seeds']}; trajectory target: the teacher's {args['trajectory_method']} trajectory; V_top targets: "

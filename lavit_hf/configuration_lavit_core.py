@@ -20,6 +20,11 @@ class LaViTConfigMixin:
 
     num_latent_tokens (`int`, *optional*, defaults to 4):
         K, the number of latent tokens that start every assistant turn.
+    latent_separator (`str`, *optional*, defaults to `" "`):
+        What follows the latent tokens before the answer. The paper's space merges into the answer's first word
+        token (`" red"`), so that token is predicted at the last latent position, which sees the image under every
+        rule: for a one-token answer neither the stage-1 bottleneck nor the `mask_latent` diagnostic reaches it.
+        `"\n"` is a token of its own, so every answer token is predicted after the latent tokens.
     latent_token_ids (`list[int]`, *optional*):
         Token ids of `<lvr1>` ... `<lvrK>`, in order. Set when the tokens are added to the tokenizer
         (`lavit_hf.lavit_from_base`).
@@ -51,6 +56,7 @@ class LaViTConfigMixin:
     # Latent tokens.
     num_latent_tokens: int = 4
     latent_token_ids: list[int] | None = None
+    latent_separator: str = " "
     # Distillation heads and losses.
     teacher_hidden_size: int | None = None
     ce_loss_weight: float = 1.0

@@ -44,9 +44,10 @@ def user_turn(question: str, num_images: int = 1) -> dict[str, Any]:
     return {"role": "user", "content": content}
 
 
-def assistant_turn(answer: str, num_latent_tokens: int) -> dict[str, Any]:
-    """The assistant turn of a training sample: the K latent tokens, a space and the answer."""
-    return {"role": "assistant", "content": f"{latent_prefix(num_latent_tokens)} {answer}"}
+def assistant_turn(answer: str, num_latent_tokens: int, separator: str = " ") -> dict[str, Any]:
+    """The assistant turn of a training sample: the K latent tokens, the separator (the paper's space, or the
+    config's `latent_separator`) and the answer."""
+    return {"role": "assistant", "content": f"{latent_prefix(num_latent_tokens)}{separator}{answer}"}
 
 
 def prompt_messages(question: str, num_images: int = 1) -> list[dict[str, Any]]:
@@ -55,9 +56,12 @@ def prompt_messages(question: str, num_images: int = 1) -> list[dict[str, Any]]:
     return [user_turn(question, num_images)]
 
 
-def training_messages(question: str, answer: str, num_latent_tokens: int) -> list[dict[str, Any]]:
-    """The chat of one training sample: the image and the question, then the latent tokens and the answer."""
-    return [user_turn(question), assistant_turn(answer, num_latent_tokens)]
+def training_messages(
+    question: str, answer: str, num_latent_tokens: int, separator: str = " "
+) -> list[dict[str, Any]]:
+    """The chat of one training sample: the image and the question, then the latent tokens, the separator and the
+    answer."""
+    return [user_turn(question), assistant_turn(answer, num_latent_tokens, separator)]
 
 
 def render_prompt(processor, question: str, num_images: int = 1) -> str:

@@ -75,6 +75,8 @@ class DataCollatorForLaViT(DataCollatorMixin):
             The student's Qwen2.5-VL processor, latent tokens added.
         num_latent_tokens (`int`, *optional*, defaults to 4):
             K.
+        latent_separator (`str`, *optional*, defaults to `" "`):
+            What follows the latent tokens before the answer (the student config's `latent_separator`).
         teacher_hidden_size (`int`, *optional*):
             D; when given, every V_top target must have this width.
         trajectory_method (`str`, *optional*, defaults to `"attention"`):
@@ -119,6 +121,7 @@ class DataCollatorForLaViT(DataCollatorMixin):
 
     processor: ProcessorMixin
     num_latent_tokens: int = 4
+    latent_separator: str = " "
     teacher_hidden_size: int | None = None
     trajectory_method: str = "attention"
     vtop_source: str = "pooled"
@@ -222,7 +225,7 @@ class DataCollatorForLaViT(DataCollatorMixin):
             chunk = rows[start : start + batch_size]
             texts = [
                 self.processor.apply_chat_template(
-                    training_messages(question, answer, self.num_latent_tokens), tokenize=False
+                    training_messages(question, answer, self.num_latent_tokens, self.latent_separator), tokenize=False
                 )
                 for question, answer in zip(chunk[schema.QUESTION], chunk[schema.ANSWER], strict=True)
             ]
@@ -249,7 +252,9 @@ class DataCollatorForLaViT(DataCollatorMixin):
                 raise ValueError(f"{row}: missing {missing}.")
             for field in (schema.QUESTION, schema.ANSWER):
                 check_text(example[field], self.processor.tokenizer, row, field, self.reserved)
-            messages = training_messages(example[schema.QUESTION], example[schema.ANSWER], self.num_latent_tokens)
+            messages = training_messages(
+                example[schema.QUESTION], example[schema.ANSWER], self.num_latent_tokens, self.latent_separator
+            )
             texts.append(self.processor.apply_chat_template(messages, tokenize=False))
             images.append(to_rgb(example[schema.IMAGE]))
         kwargs = {}

@@ -47,7 +47,7 @@ class LaViTTrainingArguments(TrainingArguments):
     Parameters that control the training:
         `stage_schedule`, `stage1_steps`, `stage1_learning_rate`, `stage1_warmup_ratio`, `stage2_steps`,
         `stage2_learning_rate`, `stage2_warmup_ratio`, `ce_loss_weight`, `vtop_loss_weight`, `trajectory_loss_weight`,
-        `block_prompt`, `ce_in_stage1`.
+        `block_prompt`, `ce_in_stage1`, `latent_separator`.
 
     Which fields set the steps, peak learning rate and warm-up: a `single` run reads `max_steps` (or
     `num_train_epochs`), `learning_rate` and `warmup_steps`; a `stage1` or `stage2` run, and each stage of a
@@ -266,6 +266,15 @@ class LaViTTrainingArguments(TrainingArguments):
         metadata={
             "help": "In stage 1, also block the question after the image from the image; unset: the model config's "
             "(default on)."
+        },
+    )
+    latent_separator: str | None = field(
+        default=None,
+        metadata={
+            "help": "What follows the latent tokens before the answer; unset: the model config's (the paper's space). "
+            "The space merges into the answer's first word token, which the last latent token then predicts with "
+            "the image in view; `\\n` is a token of its own, so the bottleneck and the mask diagnostic reach every "
+            "answer token (docs/method.md section 2)."
         },
     )
     ce_in_stage1: bool | None = field(

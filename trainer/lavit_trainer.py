@@ -129,6 +129,7 @@ class LaViTTrainer(Trainer):
             data_collator = DataCollatorForLaViT(
                 processing_class,
                 num_latent_tokens=config.num_latent_tokens,
+                latent_separator=config.latent_separator,
                 teacher_hidden_size=config.teacher_hidden_size,
                 trajectory_method=args.trajectory_method,
                 vtop_source=args.vtop_source,
@@ -251,7 +252,7 @@ class LaViTTrainer(Trainer):
         model.set_training_stage(STAGE_OF_SCHEDULE[args.stage_schedule])
         # A value left unset means the model config's; a value given is written back, as SFTTrainer does for
         # `router_aux_loss_coef`, so the saved config records it.
-        for name in (*LOSS_WEIGHTS.values(), "block_prompt", "ce_in_stage1"):
+        for name in (*LOSS_WEIGHTS.values(), "block_prompt", "ce_in_stage1", "latent_separator"):
             if getattr(args, name) is None:
                 setattr(args, name, getattr(config, name))
             else:
