@@ -41,7 +41,15 @@ from tqdm.auto import tqdm
 
 from lavit_hf.layout import render_prompt
 
-from .experiment import DEFAULT_VARIANTS, VARIANTS, Budget, resolve_variants, write_json
+from .experiment import (
+    DEFAULT_VARIANTS,
+    PAPER_STAGE1_SHARE,
+    PAPER_STAGE2_LR_RATIO,
+    VARIANTS,
+    Budget,
+    resolve_variants,
+    write_json,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -95,6 +103,13 @@ class DemoArguments:
     student_steps: int = field(default=160, metadata={"help": "Optimiser steps of every student (all stages)."})
     learning_rate: float = field(default=2e-3, metadata={"help": "Peak learning rate of every student."})
     batch_size: int = field(default=16, metadata={"help": "Batch size of every training run."})
+    stage1_share: float = field(
+        default=PAPER_STAGE1_SHARE, metadata={"help": "Share of a two-stage student's steps in stage 1 (the paper's 0.4)."}
+    )
+    stage2_learning_rate_ratio: float = field(
+        default=PAPER_STAGE2_LR_RATIO,
+        metadata={"help": "Stage 2's peak learning rate over stage 1's (the paper's 2e-6 / 5e-6 = 0.4)."},
+    )
     trajectory_method: str = field(
         default="gradient",
         metadata={"help": "Teacher trajectory the students learn from.", "choices": TRAJECTORY_METHODS},
@@ -424,7 +439,13 @@ def main(args: DemoArguments | Any) -> dict[str, Any]:
     base = build_student_base(args, out, splits, len(train_rows[0]["vtop"]))
     mark = phase("student base", mark)
 
-    budget = Budget(args.student_steps, args.learning_rate, args.batch_size)
+    budget = Budget(
+        args.student_steps,
+        args.learning_rate,
+        args.batch_size,
+        stage1_share=args.stage1_share,
+        stage2_learning_rate_ratio=args.stage2_learning_rate_ratio,
+    )
     extra = {
         "freeze_embeddings": True,
         "freeze_vision": True,

@@ -5,7 +5,7 @@ what the latent tokens carry.
 A variant is a name and the `LaViTTrainingArguments` it changes; every variant of one experiment shares the base
 checkpoint, the distillation set, the number of optimiser steps, the peak learning rate, the batch size and the
 seeds. Two-stage variants split the same steps between the stages (the paper's 40/60 split by default) and run stage
-2 at the paper's ratio of learning rates (2e-6 / 5e-6).
+2 at the paper's ratio of learning rates (2e-6 / 5e-6) by default; both are `Budget` fields.
 
 The reliance diagnostics (docs/method.md section 4), scored with `lavit eval`'s runner:
 - `normal`: greedy decoding; the student writes its own latent tokens (or not).
@@ -88,10 +88,11 @@ class Budget:
 
     Attributes:
         steps (`int`): optimiser steps in all (a two-stage run splits them).
-        learning_rate (`float`): peak learning rate (stage 1 of a two-stage run; stage 2 at the paper's ratio).
+        learning_rate (`float`): peak learning rate (stage 1 of a two-stage run).
         batch_size (`int`): samples per optimiser step.
         warmup_ratio (`float`): linear warm-up, as a share of each stage's steps.
         stage1_share (`float`): the share of the steps that stage 1 takes.
+        stage2_learning_rate_ratio (`float`): stage 2's peak learning rate over stage 1's.
     """
 
     steps: int
@@ -99,6 +100,13 @@ class Budget:
     batch_size: int
     warmup_ratio: float = 0.1
     stage1_share: float = PAPER_STAGE1_SHARE
+    stage2_learning_rate_ratio: float = PAPER_STAGE2_LR_RATIO
+
+    def __post_init__(self):
+        if not 0 < self.stage1_share < 1:
+            raise ValueError(f"stage1_share must lie in (0, 1), got {self.stage1_share}.")
+        if self.stage2_learning_rate_ratio <= 0:
+            raise ValueError(f"stage2_learning_rate_ratio must be positive, got {self.stage2_learning_rate_ratio}.")
 
     def schedule(self, variant: Variant) -> dict[str, Any]:
         """The `LaViTTrainingArguments` schedule fields of `variant` under this budget."""
@@ -115,7 +123,7 @@ class Budget:
             "stage1_steps": stage1,
             "stage2_steps": self.steps - stage1,
             "stage1_learning_rate": self.learning_rate,
-            "stage2_learning_rate": self.learning_rate * PAPER_STAGE2_LR_RATIO,
+            "stage2_learning_rate": self.learning_rate * self.stage2_learning_rate_ratio,
             "stage1_warmup_ratio": self.warmup_ratio,
             "stage2_warmup_ratio": self.warmup_ratio,
         }
@@ -265,6 +273,8 @@ def write_json(path: Path, value: Any) -> None:
 __all__ = [
     "DEFAULT_VARIANTS",
     "DIAGNOSTICS",
+    "PAPER_STAGE1_SHARE",
+    "PAPER_STAGE2_LR_RATIO",
     "VARIANTS",
     "Budget",
     "Variant",

@@ -160,7 +160,8 @@ def write_report(out: Path, results: dict[str, Any]) -> str:
         "the answer. Both models read images through the colour patch tower and keep their 151k-row vocabulary "
         "frozen (see `lavit_cli/demo.py`).",
         f"- Every student: {args['student_steps']} optimiser steps, batch {args['batch_size']}, peak learning rate "
-        f"{args['learning_rate']} (two-stage runs: 40% of the steps in stage 1, stage 2 at 0.4x the rate), seeds "
+        f"{args['learning_rate']} (two-stage runs: {args['stage1_share']:.0%} of the steps in stage 1, stage 2 at "
+        f"{args['stage2_learning_rate_ratio']:g}x the rate), seeds "
         f"{args['seeds']}; trajectory target: the teacher's {args['trajectory_method']} trajectory; V_top targets: "
         f"{args['vtop_normalization']}.",
         "- Diagnostics: `normal` decoding, `force` (the latent tokens written into the prompt), `mask` (forced, then "

@@ -25,3 +25,14 @@ def test_the_reference_and_the_controls_are_registered():
     assert VARIANTS["ce_only"].overrides == {"vtop_loss_weight": 0.0, "trajectory_loss_weight": 0.0}
     with pytest.raises(ValueError, match="Unknown variant"):
         resolve_variants(["ce_only", "lavit_three_stage"])
+
+
+def test_the_stage_split_and_the_stage2_rate_are_budget_settings():
+    budget = Budget(steps=100, learning_rate=1e-3, batch_size=8, stage1_share=0.7, stage2_learning_rate_ratio=1.0)
+    fields = budget.schedule(VARIANTS["lavit_two_stage"])
+    assert (fields["stage1_steps"], fields["stage2_steps"]) == (70, 30)
+    assert fields["stage1_learning_rate"] == fields["stage2_learning_rate"] == 1e-3
+    with pytest.raises(ValueError, match="stage1_share"):
+        Budget(steps=100, learning_rate=1e-3, batch_size=8, stage1_share=1.0)
+    with pytest.raises(ValueError, match="stage2_learning_rate_ratio"):
+        Budget(steps=100, learning_rate=1e-3, batch_size=8, stage2_learning_rate_ratio=0.0)
