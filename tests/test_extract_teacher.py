@@ -62,8 +62,8 @@ def extracted(teacher):
 
 
 def _inputs(extractor, image):
-    sample = extractor.encode(image, QUESTION, RESPONSE)
-    return sample, dict(sample.inputs)
+    batch = extractor.encode(image, QUESTION, RESPONSE)
+    return batch.samples[0], dict(batch.inputs)
 
 
 def test_span_is_the_response(extracted):
