@@ -64,6 +64,7 @@ from .sources import (
     read_source,
 )
 from .teacher import (
+    GENERATION_CACHES,
     STEP_SPLITS,
     TEACHER_FAMILIES,
     TRAJECTORY_METHODS,
@@ -202,6 +203,12 @@ class GenerationArguments:
     generation_batch_size: int = field(
         default=GenerationSettings.batch_size, metadata={"help": "Prompts generated together."}
     )
+    generation_cache: str = field(
+        default=GenerationSettings.cache,
+        metadata={"help": "Key-value cache of the teacher's generation: dynamic (grown token by token), static "
+                  "(preallocated) or compiled (static, each decoding step compiled by torch.compile).",
+                  "choices": GENERATION_CACHES},
+    )
     seed: int = field(default=0, metadata={"help": "Seed (sampling only)."})
 
     def __post_init__(self):
@@ -216,6 +223,7 @@ class GenerationArguments:
             temperature=self.temperature,
             top_p=self.top_p,
             batch_size=self.generation_batch_size,
+            cache=self.generation_cache,
         )
 
 

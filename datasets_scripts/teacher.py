@@ -37,6 +37,7 @@ refused by name, with the reason (`UNKNOWN_GRID_FAMILIES`).
 import contextlib
 import contextvars
 import inspect
+import logging
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -45,7 +46,7 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import AttentionInterface, AttentionMaskInterface, PretrainedConfig
+from transformers import AttentionInterface, AttentionMaskInterface, CompileConfig, PretrainedConfig
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
@@ -53,7 +54,10 @@ from lavit_hf import schema
 from lavit_hf.layout import merged_grids, render_prompt
 
 
+logger = logging.getLogger(__name__)
+
 STEP_SPLITS = ("none", "newline", "sentence")
+GENERATION_CACHES = ("dynamic", "static", "compiled")
 # docs/method.md section 1: the attention method averages the last 8 language-model layers.
 DEFAULT_ATTENTION_LAYERS = 8
 
@@ -157,6 +161,12 @@ class GenerationSettings:
         temperature (`float`, *optional*, defaults to 1.0): only used when sampling.
         top_p (`float`, *optional*, defaults to 1.0): only used when sampling.
         batch_size (`int`, *optional*, defaults to 8): prompts generated together (left padding).
+        cache (`str`, *optional*, defaults to `"dynamic"`): the key-value cache of `generate`, one of
+            `GENERATION_CACHES`: `dynamic` (transformers' `DynamicCache`, grown token by token), `static` (a
+            preallocated `StaticCache`, kept at the longest length seen so far so that later batches reuse it) or
+            `compiled` (the static cache with each decoding step compiled by `torch.compile`, transformers'
+            `CompileConfig`: CUDA graphs on a GPU, on any device). All three give the same greedy tokens up to the
+            kernels' rounding (equal on the tiny teachers in float32).
     """
 
     max_new_tokens: int = 1024
@@ -165,6 +175,11 @@ class GenerationSettings:
     temperature: float = 1.0
     top_p: float = 1.0
     batch_size: int = 8
+    cache: str = "dynamic"
+
+    def __post_init__(self):
+        if self.cache not in GENERATION_CACHES:
+            raise ValueError(f"cache={self.cache!r}: expected one of {GENERATION_CACHES}.")
 
     def generate_kwargs(self) -> dict[str, Any]:
         kwargs = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample}
@@ -174,6 +189,14 @@ class GenerationSettings:
         else:
             # Greedy: unset the sampling knobs a checkpoint's generation_config may carry, so none is silently used.
             kwargs.update(temperature=None, top_p=None, top_k=None)
+        if self.cache == "static":
+            # On a GPU, `generate` would compile the decoding step of a static cache by itself: `compiled` asks for it.
+            kwargs.update(cache_implementation="static", disable_compile=True)
+        elif self.cache == "compiled":
+            compile_config = CompileConfig()
+            # Without this flag `generate` compiles on accelerators only, and runs eagerly elsewhere without a word.
+            compile_config._compile_all_devices = True
+            kwargs.update(cache_implementation="static", compile_config=compile_config)
         return kwargs
 
 
@@ -560,6 +583,13 @@ class TeacherExtractor:
             raise ValueError(f"attention_layers {requested}: the teacher has {n_layers} layers.")
         self.layers = sorted({layer % n_layers for layer in requested})
         self.methods = [TRAJECTORY_METHODS[name] for name in settings.methods]
+        layer_types = getattr(model.config.get_text_config(), "layer_types", None) or []
+        if self.generation.cache == "compiled" and "sliding_attention" in layer_types:
+            logger.warning(
+                "A compiled generation cache gains nothing on a teacher with sliding-window layers (%s): "
+                "transformers' static sliding-window cache changes a Python int at every step, so torch.compile "
+                "recompiles each step until its recompile limit and then runs eagerly.", self.family.name
+            )
 
     @property
     def device(self) -> torch.device:
@@ -791,6 +821,7 @@ def normalise(weights: torch.Tensor) -> torch.Tensor:
 __all__ = [
     "CAPTURE_ATTENTION",
     "DEFAULT_ATTENTION_LAYERS",
+    "GENERATION_CACHES",
     "STEP_SPLITS",
     "TEACHER_FAMILIES",
     "TRAJECTORY_METHODS",
