@@ -631,13 +631,14 @@ class ShardRun:
         with tqdm(total=len(todo), unit="sample", desc="extract", dynamic_ncols=True) as bar:
             # Batches are cut at fixed positions of the shard, so a resumed run batches the rest as before.
             for start in range(0, len(records), block):
-                ready = []
+                ready, count = [], 0
                 for first in range(start, min(start + block, len(records)), generation_size):
                     batch = [r for r in records[first : first + generation_size] if r.key not in done_keys]
                     if batch:
                         ready += self._respond(batch, first)
-                        bar.update(len(batch))
+                        count += len(batch)
                 self._extract(ready)
+                bar.update(count)
         return self.counts
 
     def _fail(self, record: SourceRecord, reason: str, detail: str) -> None:

@@ -115,3 +115,13 @@ def test_extraction_batch_size_may_change_on_restart(source, tiny_teacher_dir, t
     assert "Resuming: 3 of 8 samples already done" in caplog.text
     one = load_rows(extract(source, tiny_teacher_dir, tmp_path / "one", 1, *blocks))
     assert_rows_match(load_rows(out), one, atol=1e-4)
+
+
+def test_generation_cache_reaches_the_run_and_the_card(source, tiny_teacher_dir, tmp_path):
+    out = tmp_path / "static"
+    argv = ["--source", str(source / "source.jsonl"), "--image_root", str(source), "--teacher", str(tiny_teacher_dir),
+            "--output_dir", str(out), "--max_new_tokens", "4", "--limit", "2", "--generation_cache", "static"]
+    main(parse_with_config(make_parser(), argv))
+    assert json.loads((out / "manifest.json").read_text())["generation"]["cache"] == "static"
+    assert "(left padding), static key-value cache." in (out / "README.md").read_text()
+    assert len(load_rows(out)) == 2
