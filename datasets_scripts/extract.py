@@ -760,7 +760,11 @@ class ShardRun:
         return [self._extract_group([item])[0] for item in group]
 
     def _emit(
-        self, ready: list[tuple[ValidSample, str]], lengths: list[int], outcomes: dict, first: int
+        self,
+        ready: list[tuple[ValidSample, str]],
+        lengths: list[int],
+        outcomes: dict[int, TeacherOutput | Exception],
+        first: int,
     ) -> int:
         """Write rows and failures from `ready[first]` on, in source order, up to the first sample not yet extracted;
         returns its index."""
