@@ -1,4 +1,5 @@
-"""`lavit extract`: run a teacher (a supported image-text-to-text family) over a question-answer source into a LaViT dataset.
+"""`lavit extract`: run a teacher (a supported image-text-to-text family) over a question-answer source into a LaViT
+dataset.
 
 Each sample gets the teacher's own response, V_top and the trajectories of docs/method.md section 1; the output is a
 `datasets` dataset (parquet shards with explicit features, a card and a manifest) that `load_dataset(OUT)` reads.
@@ -63,6 +64,7 @@ from .sources import (
     read_source,
 )
 from .teacher import (
+    GENERATION_CACHES,
     STEP_SPLITS,
     TEACHER_FAMILIES,
     TRAJECTORY_METHODS,
@@ -201,6 +203,12 @@ class GenerationArguments:
     generation_batch_size: int = field(
         default=GenerationSettings.batch_size, metadata={"help": "Prompts generated together."}
     )
+    generation_cache: str = field(
+        default=GenerationSettings.cache,
+        metadata={"help": "Key-value cache of the teacher's generation: dynamic (grown token by token), static "
+                  "(preallocated) or compiled (static, each decoding step compiled by torch.compile).",
+                  "choices": GENERATION_CACHES},
+    )
     seed: int = field(default=0, metadata={"help": "Seed (sampling only)."})
 
     def __post_init__(self):
@@ -215,6 +223,7 @@ class GenerationArguments:
             temperature=self.temperature,
             top_p=self.top_p,
             batch_size=self.generation_batch_size,
+            cache=self.generation_cache,
         )
 
 
@@ -243,6 +252,12 @@ class ExtractionArguments:
         default=ExtractionSettings.gradient_batch_size,
         metadata={"help": "Per-token gradients per batched backward."},
     )
+    extraction_batch_size: int = field(
+        default=4,
+        metadata={"help": "Samples per teacher forward (right-padded, those of similar length together; 1: one sample "
+                  "per forward). The values equal one sample per forward up to float rounding; a batch that fails is "
+                  "redone one sample at a time. A restart may change it (lower it after running out of memory)."},
+    )
     token_features: bool = field(
         default=ExtractionSettings.token_features,
         metadata={"help": "Also store V_top per image token ([N, D] float16; large: 7 MB a sample at 1,024 x 3,584)."},
@@ -268,6 +283,8 @@ class ExtractionArguments:
     )
 
     def __post_init__(self):
+        if self.extraction_batch_size < 1:
+            raise ValueError(f"--extraction_batch_size must be positive, got {self.extraction_batch_size}.")
         if self.min_box_mass is not None and self.box_filter_method not in self.methods:
             raise ValueError(f"--box_filter_method {self.box_filter_method} is not among --methods {self.methods}.")
 
@@ -561,12 +578,14 @@ class Counts:
     failed: int = 0
     filtered: int = 0
     pixel_boxes: int = 0
+    batches_redone: int = 0
     reasons: Counter = field(default_factory=Counter)
 
     def summary(self) -> str:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.reasons.items())) or "none"
         return (f"written {self.written}, skipped as done {self.skipped}, failed {self.failed} ({reasons}), "
-                f"filtered {self.filtered}, pixel boxes normalised {self.pixel_boxes}")
+                f"filtered {self.filtered}, pixel boxes normalised {self.pixel_boxes}, extraction batches redone one "
+                f"sample at a time {self.batches_redone}")
 
 
 @dataclass
@@ -579,10 +598,14 @@ class ValidSample:
 
 
 class ShardRun:
-    """Extracts one shard: validation, batched generation, per-sample extraction, filter, resumable writing.
+    """Extracts one shard: validation, batched generation, batched extraction, filter, resumable writing.
 
-    Per-sample problems (bad records, and what the teacher refuses: `TeacherError`, `ValueError`) are failures; any
-    other error (CUDA out of memory among them) stops the run, which the next run resumes.
+    Records are read in blocks cut at fixed positions of the shard: generation batches of `--generation_batch_size`,
+    then extraction batches of `--extraction_batch_size` samples of similar length; rows and failures are written in
+    source order as soon as every earlier sample of the block is done. Per-sample problems (bad records, and what the
+    teacher refuses: `TeacherError`, `ValueError`) are failures; an extraction batch that fails is redone one sample
+    at a time, so only the failing sample is lost. Any other error (CUDA out of memory among them) stops the run, which
+    the next run resumes.
     """
 
     def __init__(self, extractor: TeacherExtractor, writer: ShardWriter, options: ExtractOptions, max_length: int):
@@ -602,14 +625,20 @@ class ShardRun:
         if self.counts.skipped:
             logger.info("Resuming: %d of %d samples already done (%s)", self.counts.skipped, len(records),
                         {k: len(v) for k, v in done.items()})
-        size = self.options.generation.generation_batch_size
+        generation_size = self.options.generation.generation_batch_size
+        # A block holds whole generation batches and at least one extraction batch.
+        block = generation_size * math.ceil(self.options.extraction.extraction_batch_size / generation_size)
         with tqdm(total=len(todo), unit="sample", desc="extract", dynamic_ncols=True) as bar:
             # Batches are cut at fixed positions of the shard, so a resumed run batches the rest as before.
-            for start in range(0, len(records), size):
-                batch = [r for r in records[start : start + size] if r.key not in done_keys]
-                if batch:
-                    self._batch(batch, start)
-                    bar.update(len(batch))
+            for start in range(0, len(records), block):
+                ready, count = [], 0
+                for first in range(start, min(start + block, len(records)), generation_size):
+                    batch = [r for r in records[first : first + generation_size] if r.key not in done_keys]
+                    if batch:
+                        ready += self._respond(batch, first)
+                        count += len(batch)
+                self._extract(ready)
+                bar.update(count)
         return self.counts
 
     def _fail(self, record: SourceRecord, reason: str, detail: str) -> None:
@@ -669,7 +698,8 @@ class ShardRun:
         if self._expansion_offset is None:
             blank = Image.new("RGB", (image.width, image.height))
             expanded = processor(text=[render_prompt(processor, question)], images=[blank])["input_ids"][0]
-            self._expansion_offset = len(expanded) - len(text_tokens) - image_tokens(processor, blank.height, blank.width)
+            blank_tokens = image_tokens(processor, blank.height, blank.width)
+            self._expansion_offset = len(expanded) - len(text_tokens) - blank_tokens
         return len(text_tokens) + image_tokens(processor, image.height, image.width) + self._expansion_offset
 
     def _generate(self, samples: list[ValidSample], start: int) -> list[str | None]:
@@ -683,33 +713,76 @@ class ShardRun:
             logger.warning("Batched generation failed (%s); generating one at a time", error)
             return [self._generate([sample], start)[0] for sample in samples]
 
-    def _batch(self, batch: list[SourceRecord], start: int) -> None:
+    def _respond(self, batch: list[SourceRecord], start: int) -> list[tuple[ValidSample, str]]:
+        """The valid samples of a generation batch with their responses (failures recorded)."""
         valid = [sample for record in batch if (sample := self._validate(record)) is not None]
         if not valid:
-            return
+            return []
         if self.options.generation.response_from == "answer":
             responses = [sample.record.answer for sample in valid]
         else:
             responses = self._generate(valid, start)
-        for sample, response in zip(valid, responses, strict=True):
-            if response is not None:
-                self._sample(sample, response)
+        return [(sample, response) for sample, response in zip(valid, responses, strict=True) if response is not None]
 
-    def _sample(self, sample: ValidSample, response: str) -> None:
-        record, image = sample.record, sample.image
-        response_length = len(self.extractor.processor.tokenizer(response, add_special_tokens=False)["input_ids"])
-        length = sample.prompt_length + response_length
-        if length > self.max_length:
-            detail = f"the prompt and the response are {length} tokens ({sample.prompt_length} + {response_length})"
-            return self._fail(record, "too long", f"{detail}, over max_length {self.max_length}")
+    def _extract(self, ready: list[tuple[ValidSample, str]]) -> None:
+        """Extract a block's samples in batches of similar length; write each row (or failure) in source order as soon
+        as the samples before it are done."""
+        tokenizer = self.extractor.processor.tokenizer
+        lengths = [
+            sample.prompt_length + len(tokenizer(response, add_special_tokens=False)["input_ids"])
+            for sample, response in ready
+        ]
+        # Shortest first: samples of similar length share a batch, with little padding.
+        fitting = sorted((i for i, length in enumerate(lengths) if length <= self.max_length), key=lengths.__getitem__)
+        outcomes: dict[int, TeacherOutput | Exception] = {}
+        size = self.options.extraction.extraction_batch_size
+        emitted = self._emit(ready, lengths, outcomes, 0)
+        for first in range(0, len(fitting), size):
+            group = fitting[first : first + size]
+            outcomes.update(zip(group, self._extract_group([ready[i] for i in group]), strict=True))
+            emitted = self._emit(ready, lengths, outcomes, emitted)
+
+    def _extract_group(self, group: list[tuple[ValidSample, str]]) -> list[TeacherOutput | Exception]:
+        """Each sample's output, or the error it failed with; a batch that fails is redone one sample at a time."""
         try:
-            out = self.extractor.extract(image, record.question, response)
+            return self.extractor.extract_batch(
+                [sample.image for sample, _ in group],
+                [sample.record.question for sample, _ in group],
+                [response for _, response in group],
+            )
         except (TeacherError, ValueError) as error:
-            return self._fail(record, "teacher failure", str(error))
-        if self._filtered_out(record, image.size, out):
-            return
-        self.writer.add(build_row(record, image.size, out, self.extractor.settings))
-        self.counts.written += 1
+            if len(group) == 1:
+                return [error]
+            indices = [sample.record.index for sample, _ in group]
+            logger.warning("Extracting records %s in one batch failed (%s); extracting them one at a time", indices,
+                           error)
+        self.counts.batches_redone += 1
+        return [self._extract_group([item])[0] for item in group]
+
+    def _emit(
+        self,
+        ready: list[tuple[ValidSample, str]],
+        lengths: list[int],
+        outcomes: dict[int, TeacherOutput | Exception],
+        first: int,
+    ) -> int:
+        """Write rows and failures from `ready[first]` on, in source order, up to the first sample not yet extracted;
+        returns its index."""
+        for i in range(first, len(ready)):
+            (sample, _), length = ready[i], lengths[i]
+            record = sample.record
+            if length > self.max_length:
+                prompt = sample.prompt_length
+                detail = f"the prompt and the response are {length} tokens ({prompt} + {length - prompt})"
+                self._fail(record, "too long", f"{detail}, over max_length {self.max_length}")
+            elif i not in outcomes:
+                return i
+            elif isinstance(outcome := outcomes.pop(i), Exception):
+                self._fail(record, "teacher failure", str(outcome))
+            elif not self._filtered_out(record, sample.image.size, outcome):
+                self.writer.add(build_row(record, sample.image.size, outcome, self.extractor.settings))
+                self.counts.written += 1
+        return len(ready)
 
     def _filtered_out(self, record: SourceRecord, image_size: tuple[int, int], out: TeacherOutput) -> bool:
         extraction = self.options.extraction
@@ -764,6 +837,7 @@ def run_info(
         "max_pixels": max_pixels,
         "max_length": max_length,
         "extraction": extractor.settings.to_dict(),
+        "extraction_batch_size": extraction.extraction_batch_size,
         "response_from": options.generation.response_from,
         "generation": vars(extractor.generation).copy(),
         "seed": options.generation.seed,

@@ -1,7 +1,8 @@
 """Teacher-side extraction (docs/method.md section 1): the teacher's response, V_top and the trajectories, for a
 teacher of any supported family.
 
-One forward pass over image + question + response gives, per sample:
+One forward pass over image + question + response gives, per sample (several samples share one forward, right-padded,
+with outputs equal to one sample per forward up to float rounding: `TeacherExtractor.extract_batch`):
 
 - **V_top**: a forward hook on the last decoder layer keeps its output (before the final norm) at the image-token
   positions.
@@ -16,7 +17,7 @@ One forward pass over image + question + response gives, per sample:
   embeddings (the family's image features as its language model receives them: Qwen's merger output, Gemma 3's
   projector output; Qwen3-VL's deepstack features, added at early layers, are held fixed), and the per-token
   gradients of the response tokens' NLL come from batched vector-Jacobian products over one retained graph
-  (`is_grads_batched=True`), never one forward per token.
+  (`is_grads_batched=True`), never one forward per token; in a batch, one cotangent carries a token of every sample.
 
 Trajectory methods are a registry (`TRAJECTORY_METHODS`, name -> `TrajectoryMethod`); the dataset columns of a method
 are named after it (`lavit_hf.schema.trajectory_column`). Distribution rules (documented in the dataset card):
@@ -36,6 +37,7 @@ refused by name, with the reason (`UNKNOWN_GRID_FAMILIES`).
 import contextlib
 import contextvars
 import inspect
+import logging
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -44,7 +46,7 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import AttentionInterface, AttentionMaskInterface, PretrainedConfig
+from transformers import AttentionInterface, AttentionMaskInterface, CompileConfig, PretrainedConfig
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
@@ -52,7 +54,10 @@ from lavit_hf import schema
 from lavit_hf.layout import merged_grids, render_prompt
 
 
+logger = logging.getLogger(__name__)
+
 STEP_SPLITS = ("none", "newline", "sentence")
+GENERATION_CACHES = ("dynamic", "static", "compiled")
 # docs/method.md section 1: the attention method averages the last 8 language-model layers.
 DEFAULT_ATTENTION_LAYERS = 8
 
@@ -156,6 +161,12 @@ class GenerationSettings:
         temperature (`float`, *optional*, defaults to 1.0): only used when sampling.
         top_p (`float`, *optional*, defaults to 1.0): only used when sampling.
         batch_size (`int`, *optional*, defaults to 8): prompts generated together (left padding).
+        cache (`str`, *optional*, defaults to `"dynamic"`): the key-value cache of `generate`, one of
+            `GENERATION_CACHES`: `dynamic` (transformers' `DynamicCache`, grown token by token), `static` (a
+            preallocated `StaticCache`, kept at the longest length seen so far so that later batches reuse it) or
+            `compiled` (the static cache with each decoding step compiled by `torch.compile`, transformers'
+            `CompileConfig`: CUDA graphs on a GPU, on any device). All three give the same greedy tokens up to the
+            kernels' rounding (equal on the tiny teachers in float32).
     """
 
     max_new_tokens: int = 1024
@@ -164,6 +175,11 @@ class GenerationSettings:
     temperature: float = 1.0
     top_p: float = 1.0
     batch_size: int = 8
+    cache: str = "dynamic"
+
+    def __post_init__(self):
+        if self.cache not in GENERATION_CACHES:
+            raise ValueError(f"cache={self.cache!r}: expected one of {GENERATION_CACHES}.")
 
     def generate_kwargs(self) -> dict[str, Any]:
         kwargs = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample}
@@ -173,6 +189,14 @@ class GenerationSettings:
         else:
             # Greedy: unset the sampling knobs a checkpoint's generation_config may carry, so none is silently used.
             kwargs.update(temperature=None, top_p=None, top_k=None)
+        if self.cache == "static":
+            # On a GPU, `generate` would compile the decoding step of a static cache by itself: `compiled` asks for it.
+            kwargs.update(cache_implementation="static", disable_compile=True)
+        elif self.cache == "compiled":
+            compile_config = CompileConfig()
+            # Without this flag `generate` compiles on accelerators only, and runs eagerly elsewhere without a word.
+            compile_config._compile_all_devices = True
+            kwargs.update(cache_implementation="static", compile_config=compile_config)
         return kwargs
 
 
@@ -233,13 +257,34 @@ class TeacherOutput:
 
 @dataclass
 class EncodedSample:
-    """Processor output for prompt + response, with the response span and the image geometry."""
+    """Where one sample's tokens lie in its row of an encoded batch.
 
-    inputs: dict[str, torch.Tensor]
+    Attributes:
+        span (`tuple[int, int]`): the response tokens' positions, `[start, end)`.
+        offsets (`list[tuple[int, int]]`): each response token's character span in the response.
+        image_positions (`torch.LongTensor`): the image tokens' positions, in grid order.
+        grid (`tuple[int, int]`): the image's token grid.
+        length (`int`): the row's real tokens; the rest of the row is right padding.
+    """
+
     span: tuple[int, int]
     offsets: list[tuple[int, int]]
     image_positions: torch.Tensor
     grid: tuple[int, int]
+    length: int
+
+
+@dataclass
+class EncodedBatch:
+    """Processor output for several prompt + response sequences, right-padded, and each sample's place in it.
+
+    Right padding keeps every sample's tokens at the positions they have alone: the padding comes after the response,
+    so no real token attends to it, and the model derives each row's positions (Qwen's 3-D RoPE indices among them)
+    from the attention mask.
+    """
+
+    inputs: dict[str, torch.Tensor]
+    samples: list[EncodedSample]
 
 
 def split_steps(response: str, offsets: list[tuple[int, int]], rule: str) -> list[tuple[int, int, str]]:
@@ -280,29 +325,40 @@ _ACTIVE_CAPTURE: contextvars.ContextVar["AttentionRowCapture | None"] = contextv
 
 
 class AttentionRowCapture:
-    """The response rows' attention over the image tokens, read from the attention function's own inputs.
+    """The response rows' attention over the image tokens, read from the attention function's own inputs, for each
+    sample of a batch.
 
     For each selected attention module (a decoder layer's self-attention), `observe` receives the query and key
     tensors exactly as the attention function does (after the family's projections, q/k norms and RoPE), the layer's
-    mask in sdpa's format and its scaling; it softmaxes the response rows' scores over all keys in float32 and keeps
-    the mean over heads of the weights on the image tokens. Memory: `rows x S x heads` per chunk of `row_chunk` rows,
-    never `S x S`.
+    mask in sdpa's format and its scaling; for each sample it softmaxes the response rows' scores over the keys of its
+    real tokens in float32 (its row's right padding left out, as the mask leaves it out) and keeps the mean over heads
+    of the weights on its image tokens. Memory: `rows x S x heads` per chunk of `row_chunk` rows, never `S x S`.
 
     Args:
         modules (`dict[torch.nn.Module, int]`): the attention modules to read, mapped to their layer index.
-        rows (`torch.LongTensor`): the response positions.
-        image_positions (`torch.LongTensor`): the image-token positions.
+        rows (`list[torch.LongTensor]`): per sample, the response positions in its row.
+        image_positions (`list[torch.LongTensor]`): per sample, the image-token positions in its row.
         row_chunk (`int`): rows scored at once.
+        lengths (`list[int]`, *optional*): per sample, the real tokens at the start of its row (right padding
+            follows). Defaults to the whole row.
     """
 
     def __init__(
-        self, modules: dict[torch.nn.Module, int], rows: torch.Tensor, image_positions: torch.Tensor, row_chunk: int
+        self,
+        modules: dict[torch.nn.Module, int],
+        rows: list[torch.Tensor],
+        image_positions: list[torch.Tensor],
+        row_chunk: int,
+        lengths: list[int] | None = None,
     ):
+        if len(rows) != len(image_positions) or (lengths is not None and len(lengths) != len(rows)):
+            raise ValueError("rows, image_positions and lengths must hold one entry per sample.")
         self.modules = modules
         self.rows = rows
         self.image_positions = image_positions
         self.row_chunk = row_chunk
-        self.per_layer: dict[int, torch.Tensor] = {}
+        self.lengths = lengths
+        self.per_layer: dict[int, list[torch.Tensor]] = {}
 
     def observe(
         self,
@@ -316,18 +372,30 @@ class AttentionRowCapture:
         layer = self.modules.get(module)
         if layer is None:
             return
-        if query.shape[0] != 1 or query.shape[2] != key.shape[2]:
-            raise TeacherError("the attention capture reads one unpadded sample without a cache")
+        if query.shape[2] != key.shape[2]:
+            raise TeacherError("the attention capture reads a whole sequence without a cache")
+        if query.shape[0] != len(self.rows):
+            raise TeacherError(f"the attention capture expects {len(self.rows)} sample(s), not {query.shape[0]}")
         with torch.no_grad():
-            keys = key.detach().float().repeat_interleave(query.shape[1] // key.shape[1], dim=1)
             scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-            chunks = [
-                self._rows(query, keys, attention_mask, scale, is_causal, rows)
-                for rows in self.rows.split(self.row_chunk)
-            ]
-        self.per_layer[layer] = torch.cat(chunks)
+            per_sample = []
+            for sample, (rows, image_positions) in enumerate(zip(self.rows, self.image_positions, strict=True)):
+                length = key.shape[2] if self.lengths is None else self.lengths[sample]
+                keys = key[sample : sample + 1, :, :length].detach().float()
+                keys = keys.repeat_interleave(query.shape[1] // key.shape[1], dim=1)
+                mask = None
+                if attention_mask is not None:  # a mask broadcast over the batch has a batch dimension of 1
+                    row = sample if attention_mask.shape[0] > 1 else 0
+                    mask = attention_mask[row : row + 1, ..., :length]
+                chunks = [
+                    self._rows(query[sample : sample + 1], keys, mask, scale, is_causal, chunk, image_positions)
+                    for chunk in rows.split(self.row_chunk)
+                ]
+                per_sample.append(torch.cat(chunks))
+        self.per_layer[layer] = per_sample
 
-    def _rows(self, query, keys, attention_mask, scale, is_causal, rows):
+    @staticmethod
+    def _rows(query, keys, attention_mask, scale, is_causal, rows, image_positions):
         scores = torch.matmul(query[:, :, rows].detach().float(), keys.transpose(2, 3)) * scale
         if attention_mask is None:  # sdpa's own rule for a missing mask: causal, or nothing
             if is_causal:
@@ -338,14 +406,18 @@ class AttentionRowCapture:
         else:
             scores = scores + attention_mask[:, :, rows].float()
         weights = scores.softmax(-1)
-        return weights[0][:, :, self.image_positions].mean(0)
+        return weights[0][:, :, image_positions].mean(0)
 
-    def mean(self) -> torch.Tensor:
-        """`[rows, n_image]`: the mean over the selected layers of the head-averaged weights."""
+    def mean(self) -> list[torch.Tensor]:
+        """Per sample, `[rows, n_image]`: the mean over the selected layers of the head-averaged weights."""
         missing = sorted(set(self.modules.values()) - set(self.per_layer))
         if missing:
             raise TeacherError(f"the attention capture saw no attention call in layers {missing}")
-        return torch.stack([self.per_layer[layer] for layer in sorted(self.per_layer)]).mean(0)
+        layers = sorted(self.per_layer)
+        return [
+            torch.stack([self.per_layer[layer][sample] for layer in layers]).mean(0)
+            for sample in range(len(self.rows))
+        ]
 
 
 def capturing_sdpa_attention(
@@ -469,7 +541,7 @@ register_trajectory_method(
 
 class TeacherExtractor:
     """Runs a teacher of any supported family (`TEACHER_FAMILIES`) over samples: batched generation, then one forward
-    per sample for V_top and the trajectories.
+    per batch of samples (`extract_batch`; `extract` for one) for V_top and the trajectories.
 
     Args:
         model (`PreTrainedModel`): the teacher, an image-text-to-text model of a supported family, any attention
@@ -511,6 +583,13 @@ class TeacherExtractor:
             raise ValueError(f"attention_layers {requested}: the teacher has {n_layers} layers.")
         self.layers = sorted({layer % n_layers for layer in requested})
         self.methods = [TRAJECTORY_METHODS[name] for name in settings.methods]
+        layer_types = getattr(model.config.get_text_config(), "layer_types", None) or []
+        if self.generation.cache == "compiled" and "sliding_attention" in layer_types:
+            logger.warning(
+                "A compiled generation cache gains nothing on a teacher with sliding-window layers (%s): "
+                "transformers' static sliding-window cache changes a Python int at every step, so torch.compile "
+                "recompiles each step until its recompile limit and then runs eagerly.", self.family.name
+            )
 
     @property
     def device(self) -> torch.device:
@@ -541,86 +620,133 @@ class TeacherExtractor:
 
     # Encoding --------------------------------------------------------------------------------------------------
 
-    def encode(self, image: Image.Image, question: str, response: str) -> EncodedSample:
-        """Tokenise prompt + response and locate the response tokens from the tokenizer's offsets.
+    def encode_batch(self, images: list[Image.Image], questions: list[str], responses: list[str]) -> EncodedBatch:
+        """Tokenise each prompt + response into one right-padded batch and locate each sample's response tokens from
+        the tokenizer's offsets.
 
-        The response is tokenised alone (with offsets) and must be the exact suffix of the full sequence; this
+        Each response is tokenised alone (with offsets) and must be the exact suffix of its row's real tokens; this
         fails loudly if the chat template's last token and the response's first merge into one token.
         """
-        if not response:
+        if not len(images) == len(questions) == len(responses) > 0:
+            raise ValueError(f"{len(images)} images, {len(questions)} questions and {len(responses)} responses.")
+        if not all(responses):
             raise TeacherError("empty teacher response")
-        full = render_prompt(self.processor, question) + response
-        inputs = self.processor(text=[full], images=[image], return_tensors="pt")
-        alone = self.processor.tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
-        ids, resp = inputs["input_ids"][0].tolist(), alone["input_ids"]
-        if not resp or ids[-len(resp) :] != resp:
-            raise TeacherError("the response's tokens differ inside the full sequence (tokeniser boundary merge)")
-        image_positions = (inputs["input_ids"][0] == self.model.config.image_token_id).nonzero().flatten()
+        tokenizer = self.processor.tokenizer
+        texts = [render_prompt(self.processor, q) + r for q, r in zip(questions, responses, strict=True)]
+        side, tokenizer.padding_side = tokenizer.padding_side, "right"
+        try:
+            # One image list per prompt: some processors (Gemma 3's) read a flat list as all images of one prompt.
+            per_prompt = [[image] for image in images]
+            inputs = self.processor(text=texts, images=per_prompt, padding=True, return_tensors="pt")
+        finally:
+            tokenizer.padding_side = side
         grids = self.family.image_grids(self.model.config, inputs)
-        if len(grids) != 1:
-            raise TeacherError(f"{len(grids)} image grids for one image")
-        grid = grids[0]
-        if grid[0] * grid[1] != len(image_positions):
-            raise TeacherError(f"{len(image_positions)} image tokens for a grid of {grid}")
-        span = (len(ids) - len(resp), len(ids))
-        return EncodedSample(inputs, span, [tuple(o) for o in alone["offset_mapping"]], image_positions, grid)
+        if len(grids) != len(images):
+            raise TeacherError(f"{len(grids)} image grids for {len(images)} images")
+        samples = []
+        for row, (response, grid) in enumerate(zip(responses, grids, strict=True)):
+            mask = inputs["attention_mask"][row]
+            length = int(mask.sum())
+            if not bool(mask[:length].all()):
+                raise TeacherError("the processor did not pad the batch on the right")
+            ids = inputs["input_ids"][row, :length]
+            alone = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
+            resp = alone["input_ids"]
+            if not resp or ids[-len(resp) :].tolist() != resp:
+                raise TeacherError("the response's tokens differ inside the full sequence (tokeniser boundary merge)")
+            image_positions = (ids == self.model.config.image_token_id).nonzero().flatten()
+            if grid[0] * grid[1] != len(image_positions):
+                raise TeacherError(f"{len(image_positions)} image tokens for a grid of {grid}")
+            span = (length - len(resp), length)
+            offsets = [tuple(o) for o in alone["offset_mapping"]]
+            samples.append(EncodedSample(span, offsets, image_positions, grid, length))
+        return EncodedBatch(inputs, samples)
+
+    def encode(self, image: Image.Image, question: str, response: str) -> EncodedBatch:
+        """`encode_batch` of one sample (no padding)."""
+        return self.encode_batch([image], [question], [response])
 
     # Extraction ------------------------------------------------------------------------------------------------
 
     def extract(self, image: Image.Image, question: str, response: str) -> TeacherOutput:
         """V_top and the trajectories of one sample from one forward pass (see the module docstring)."""
-        sample = self.encode(image, question, response)
-        steps = split_steps(response, sample.offsets, self.settings.split_steps)
-        inputs = {k: v.to(self.device) for k, v in sample.inputs.items()}
-        image_positions = sample.image_positions.to(self.device)
+        return self.extract_batch([image], [question], [response])[0]
+
+    def extract_batch(
+        self, images: list[Image.Image], questions: list[str], responses: list[str]
+    ) -> list[TeacherOutput]:
+        """V_top and the trajectories of several samples from one forward pass over their right-padded batch.
+
+        Each sample's outputs equal those of `extract` on it alone up to float rounding: the padding follows its real
+        tokens (no real token attends to it), the model derives its positions from the attention mask, the V_top hook
+        and the attention capture read its own positions, and its gradients come from cotangents on its own tokens.
+        Raises `TeacherError` (or `ValueError`) if any sample cannot be processed; `extract` it alone to find which.
+        """
+        batch = self.encode_batch(images, questions, responses)
+        samples = batch.samples
+        steps = [split_steps(r, s.offsets, self.settings.split_steps) for r, s in zip(responses, samples, strict=True)]
+        inputs = {k: v.to(self.device) for k, v in batch.inputs.items()}
+        positions = [sample.image_positions.to(self.device) for sample in samples]
         capture = None
         if any(method.captures_attention for method in self.methods):
             modules = {self.decoder_layers[layer].self_attn: layer for layer in self.layers}
-            rows = torch.arange(*sample.span, device=self.device)
-            capture = AttentionRowCapture(modules, rows, image_positions, self.settings.row_chunk)
+            rows = [torch.arange(*sample.span, device=self.device) for sample in samples]
+            lengths = [sample.length for sample in samples]
+            capture = AttentionRowCapture(modules, rows, positions, self.settings.row_chunk, lengths)
         vtop: list[torch.Tensor] = []
 
         def keep_vtop(module, args, output):
             hidden = output[0] if isinstance(output, tuple) else output
-            vtop.append(hidden[0, image_positions].detach().float())
+            vtop.extend(hidden[row, image_positions].detach().float() for row, image_positions in enumerate(positions))
 
         handle = self.decoder_layers[-1].register_forward_hook(keep_vtop)
         try:
             with capturing_attention(self.model, capture) if capture is not None else contextlib.nullcontext():
-                forward = self._forward(inputs, sample.span, any(method.needs_gradient for method in self.methods))
+                forwards = self._forward(inputs, samples, any(method.needs_gradient for method in self.methods))
         finally:
             handle.remove()
         if capture is not None:
-            forward.attention = capture.mean()
-        out = TeacherOutput(
-            response, [s[2] for s in steps], sample.span, sample.grid, self.layers, vtop[0].cpu(), self.family.name
-        )
-        for method in self.methods:
-            matrix = method.per_token(forward, self.settings)
-            out.trajectories[method.name] = normalise(matrix.mean(0)).cpu()
-            out.step_trajectories[method.name] = torch.stack(
-                [normalise(matrix[a:b].mean(0)) for a, b, _ in steps]
-            ).cpu()
-        return out
+            for forward, attention in zip(forwards, capture.mean(), strict=True):
+                forward.attention = attention
+        outputs = []
+        for response, sample, sample_steps, forward, features in zip(
+            responses, samples, steps, forwards, vtop, strict=True
+        ):
+            out = TeacherOutput(
+                response, [s[2] for s in sample_steps], sample.span, sample.grid, self.layers, features.cpu(),
+                self.family.name,
+            )
+            for method in self.methods:
+                matrix = method.per_token(forward, self.settings)
+                out.trajectories[method.name] = normalise(matrix.mean(0)).cpu()
+                out.step_trajectories[method.name] = torch.stack(
+                    [normalise(matrix[a:b].mean(0)) for a, b, _ in sample_steps]
+                ).cpu()
+            outputs.append(out)
+        return outputs
 
-    def _forward(self, inputs: dict[str, torch.Tensor], span: tuple[int, int], with_gradient: bool) -> TeacherForward:
-        """The one forward pass; with `with_gradient`, also the per-token gradient magnitudes `[R, N]`."""
+    def _forward(
+        self, inputs: dict[str, torch.Tensor], samples: list[EncodedSample], with_gradient: bool
+    ) -> list[TeacherForward]:
+        """The one forward pass; with `with_gradient`, also each sample's per-token gradient magnitudes `[R, N]`."""
         if not with_gradient:
             with torch.no_grad():
                 # The base model only: no LM head over the whole sequence (V_top and attention need no logits).
                 self.model.model(**inputs, use_cache=False)
-            return TeacherForward()
+            return [TeacherForward() for _ in samples]
         image_encoder = self.model.model.get_image_features
         image_inputs = {name: inputs[name] for name in inspect.signature(image_encoder).parameters if name in inputs}
         with torch.no_grad():
             features = image_encoder(**image_inputs)
         embeds, features.pooler_output = image_embedding_leaf(features.pooler_output)
         text_inputs = {k: v for k, v in inputs.items() if k != "pixel_values"}
+        ids = inputs["input_ids"]
         with torch.enable_grad():
             hidden = self.model.model(**text_inputs, mm_encoder_outputs={"image": features}, use_cache=False)[0]
-            nll = response_nll(self.model.lm_head, hidden[0], inputs["input_ids"][0], span)
-            magnitudes = batched_token_grads(nll, embeds, self.settings.gradient_batch_size)
-        return TeacherForward(gradient=magnitudes)
+            nlls = [response_nll(self.model.lm_head, hidden[row], ids[row], s.span) for row, s in enumerate(samples)]
+            image_tokens = [len(sample.image_positions) for sample in samples]
+            magnitudes = batched_token_grads(nlls, embeds, image_tokens, self.settings.gradient_batch_size)
+        return [TeacherForward(gradient=magnitude) for magnitude in magnitudes]
 
 
 def image_embedding_leaf(pooler_output: torch.Tensor | tuple[torch.Tensor, ...]):
@@ -642,18 +768,46 @@ def response_nll(lm_head: torch.nn.Module, hidden: torch.Tensor, input_ids: torc
     return torch.nn.functional.cross_entropy(logits, input_ids[start:end], reduction="none")
 
 
-def batched_token_grads(nll: torch.Tensor, embeds: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """`[R, N]`: per response token, `|d nll_t / d embeds|` averaged over the hidden dimension.
+def batched_token_grads(
+    nlls: list[torch.Tensor], embeds: torch.Tensor, image_tokens: list[int], batch_size: int
+) -> list[torch.Tensor]:
+    """Per sample `[R_b, N_b]`: per response token, `|d nll_t / d embeds|` on the sample's image embeddings, averaged
+    over the hidden dimension.
 
-    The gradients of `batch_size` tokens come from one batched vector-Jacobian product (`is_grads_batched=True`,
-    vmap over the backward) of a single retained graph, so the forward runs once for all tokens.
+    The samples of a batch do not interact (no attention across rows), so one cotangent can carry one token of every
+    sample: cotangent `k` is one on each sample's `k`-th response token, and the gradient it gives on sample `b`'s
+    image embeddings is exactly `d nll_{b,k} / d E_b`. The cotangents of `batch_size // samples` tokens (at least one)
+    go through one batched vector-Jacobian product (`is_grads_batched=True`, vmap over the backward) of a single
+    retained graph, so the forward runs once for every token of every sample and one backward computes at most
+    `max(batch_size, samples)` per-token gradients.
+
+    Args:
+        nlls (`list[torch.Tensor]`): per sample, its `[R_b]` response tokens' negative log-likelihoods.
+        embeds (`torch.Tensor` of shape `(sum N_b, d)`): the image embeddings of every sample, in sample order.
+        image_tokens (`list[int]`): `N_b`, each sample's rows of `embeds`.
+        batch_size (`int`): per-token gradients per backward.
     """
-    eye = torch.eye(len(nll), device=nll.device, dtype=nll.dtype)
-    magnitudes = []
-    for rows in eye.split(batch_size):
-        (grad,) = torch.autograd.grad(nll, embeds, grad_outputs=rows, retain_graph=True, is_grads_batched=True)
-        magnitudes.append(grad.float().abs().mean(-1))
-    return torch.cat(magnitudes)
+    counts = [len(nll) for nll in nlls]
+    flat = torch.cat(nlls)
+    starts = [sum(counts[:b]) for b in range(len(counts))]
+    image_starts = [sum(image_tokens[:b]) for b in range(len(image_tokens))]
+    tokens_per_backward = max(1, batch_size // len(nlls))
+    per_sample: list[list[torch.Tensor]] = [[] for _ in nlls]
+    for first in range(0, max(counts), tokens_per_backward):
+        ks = range(first, min(first + tokens_per_backward, max(counts)))
+        cotangents = torch.zeros(len(ks), len(flat), device=flat.device, dtype=flat.dtype)
+        for row, k in enumerate(ks):
+            for sample, count in enumerate(counts):
+                if k < count:
+                    cotangents[row, starts[sample] + k] = 1
+        (grad,) = torch.autograd.grad(flat, embeds, grad_outputs=cotangents, retain_graph=True, is_grads_batched=True)
+        magnitudes = grad.float().abs().mean(-1)  # [len(ks), sum N_b]
+        for sample, count in enumerate(counts):
+            rows = min(count - first, len(ks))
+            if rows > 0:
+                start = image_starts[sample]
+                per_sample[sample].append(magnitudes[:rows, start : start + image_tokens[sample]])
+    return [torch.cat(parts) for parts in per_sample]
 
 
 def normalise(weights: torch.Tensor) -> torch.Tensor:
@@ -667,11 +821,13 @@ def normalise(weights: torch.Tensor) -> torch.Tensor:
 __all__ = [
     "CAPTURE_ATTENTION",
     "DEFAULT_ATTENTION_LAYERS",
+    "GENERATION_CACHES",
     "STEP_SPLITS",
     "TEACHER_FAMILIES",
     "TRAJECTORY_METHODS",
     "UNKNOWN_GRID_FAMILIES",
     "AttentionRowCapture",
+    "EncodedBatch",
     "EncodedSample",
     "ExtractionSettings",
     "GenerationSettings",

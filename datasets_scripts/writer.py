@@ -59,8 +59,9 @@ RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
 FAILURES_FILE = "failures.jsonl"
 FILTERED_FILE = "filtered.jsonl"
-# run.json keys that may differ between a run and its restart, or between the shards of one extraction.
-VOLATILE = {"complete", "command"}
+# run.json keys that may differ between a run and its restart, or between the shards of one extraction (the extraction
+# batch size changes the values only by float rounding).
+VOLATILE = {"complete", "command", "extraction_batch_size"}
 PER_SHARD = VOLATILE | {"shard_index", "shard_records"}
 HASH_BLOCK = 1 << 20
 

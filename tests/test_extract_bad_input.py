@@ -425,18 +425,18 @@ def test_a_full_disk_names_the_file_and_a_rerun_loses_nothing(images, tiny_teach
 def test_out_of_memory_stops_the_run_and_keeps_finished_samples(images, tiny_teacher_dir, tmp_path, monkeypatch):
     source = write_source(tmp_path / "src.jsonl", [plain(f"ok{i}") for i in range(5)])
     out = tmp_path / "out"
-    extract_sample = TeacherExtractor.extract
+    extract_batch = TeacherExtractor.extract_batch
     calls = []
 
     def out_of_memory_on_third(self, *args, **kwargs):
         calls.append(1)
         if len(calls) == 3:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return extract_sample(self, *args, **kwargs)
+        return extract_batch(self, *args, **kwargs)
 
-    monkeypatch.setattr(TeacherExtractor, "extract", out_of_memory_on_third)
+    monkeypatch.setattr(TeacherExtractor, "extract_batch", out_of_memory_on_third)
     with pytest.raises(torch.OutOfMemoryError):
-        extract(source, images, tiny_teacher_dir, out, "--chunk_size", "4")
+        extract(source, images, tiny_teacher_dir, out, "--chunk_size", "4", "--extraction_batch_size", "1")
     folder = shard_folder(out, 0, 1)
     assert read_jsonl(folder / "failures.jsonl") == []  # not a sample's fault: nothing recorded as failed
     (chunk,) = folder.glob("chunk-*.parquet")  # the two finished samples, written although the chunk was not full

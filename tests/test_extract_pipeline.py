@@ -10,6 +10,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
+from extracted_rows import assert_rows_match, load_rows
 from PIL import Image
 
 from datasets_scripts.extract import ExtractionFailure, main, make_parser
@@ -65,8 +66,7 @@ def run(workspace, teacher_dir, out, *extra):
 
 
 def rows(folder) -> list[dict]:
-    ds = datasets.load_dataset(str(folder), split="train")
-    return ds.cast_column(schema.IMAGE, datasets.Image(decode=False)).to_list()
+    return load_rows(folder)
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,9 @@ def test_resume_after_kill_equals_uninterrupted(workspace, tiny_teacher_dir, ref
     chunks = list((out / CHUNKS_DIR).glob("*/chunk-*.parquet"))
     assert len(chunks) == 1 and not (out / "data").exists()
     run(workspace, tiny_teacher_dir, out)
-    assert rows(out) == rows(reference)
+    # The resumed run batches the rest of the interrupted block without the finished samples: equal up to float
+    # rounding.
+    assert_rows_match(rows(out), rows(reference))
     assert (out / "failures.jsonl").read_text() == (reference / "failures.jsonl").read_text()
 
 
@@ -154,7 +156,8 @@ def test_two_shards_merged_equal_one_process(workspace, tiny_teacher_dir, refere
         run(workspace, tiny_teacher_dir, out, "--num-shards", "2", "--shard-index", str(index))
     assert not (out / "data").exists()  # shards alone never finalise
     main(parse_with_config(make_parser(), ["--merge", str(out), "--output-dir", str(out)]))
-    assert rows(out) == rows(reference)
+    # Shard boundaries cut the extraction batches elsewhere than one process does: equal up to float rounding.
+    assert_rows_match(rows(out), rows(reference))
     assert (out / "failures.jsonl").read_text() == (reference / "failures.jsonl").read_text()
 
 

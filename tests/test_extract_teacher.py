@@ -62,8 +62,8 @@ def extracted(teacher):
 
 
 def _inputs(extractor, image):
-    sample = extractor.encode(image, QUESTION, RESPONSE)
-    return sample, dict(sample.inputs)
+    batch = extractor.encode(image, QUESTION, RESPONSE)
+    return batch.samples[0], dict(batch.inputs)
 
 
 def test_span_is_the_response(extracted):
@@ -185,7 +185,35 @@ def test_batched_generation_left_pads(teacher):
     assert processor.tokenizer.padding_side == "right"  # restored
 
 
+def test_static_cache_generates_the_same_greedy_tokens(teacher):
+    model, processor = teacher
+    images = [noise_image(140, 84, 3), noise_image(56, 56, 4)]
+    questions = ["What is it?", "Describe the image in a few words."]
+    responses = {}
+    for cache in ("dynamic", "static"):
+        settings = GenerationSettings(max_new_tokens=8, batch_size=2, cache=cache)
+        extractor = TeacherExtractor(copy.deepcopy(model), processor, ExtractionSettings(), settings)
+        responses[cache] = extractor.generate(images, questions)
+    assert responses["static"] == responses["dynamic"]
+
+
 # Family-agnostic behaviour, on the Qwen2.5-VL teacher -------------------------------------------------------------
+
+
+def test_compiled_generation_gives_the_same_greedy_tokens(qwen_teacher):
+    """`cache="compiled"`: the static cache with the decoding step compiled by torch.compile, on the CPU too."""
+    model, processor = qwen_teacher
+    images = [noise_image(140, 84, 3), noise_image(56, 56, 4)]
+    questions = ["What is it?", "Describe the image in a few words."]
+    responses = {}
+    for cache in ("dynamic", "compiled"):
+        settings = GenerationSettings(max_new_tokens=8, batch_size=2, cache=cache)
+        extractor = TeacherExtractor(copy.deepcopy(model), processor, ExtractionSettings(), settings)
+        responses[cache] = extractor.generate(images, questions)
+    assert responses["compiled"] == responses["dynamic"]
+    assert hasattr(extractor.model, "_compiled_call")  # transformers' compiled forward did run the decoding steps
+    with pytest.raises(ValueError, match="cache='paged': expected one of"):
+        GenerationSettings(cache="paged")
 
 
 @pytest.fixture(scope="module")
