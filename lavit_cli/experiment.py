@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 DIAGNOSTICS = ("normal", "force", "mask")
 # The paper's two stages: 400 of 1,000 steps at 5e-6, then 600 at 2e-6 (docs/method.md section 3).
 PAPER_STAGE1_SHARE = 0.4
-PAPER_STAGE2_LR_RATIO = 2e-6 / 5e-6
+PAPER_STAGE2_LR_RATIO = 0.4  # 2e-6 / 5e-6
 
 
 @dataclass(frozen=True)

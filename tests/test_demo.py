@@ -61,9 +61,12 @@ def test_a_rerun_resumes_from_the_artifacts(demo_run, monkeypatch):
 
     monkeypatch.setattr(demo, "fine_tune", fail("teacher fine-tuning or student pre-training"))
     monkeypatch.setattr(trainer.train, "main", fail("student training"))
-    monkeypatch.setattr(datasets_scripts.teacher.TeacherExtractor, "extract", fail("teacher extraction"))
+    monkeypatch.setattr(datasets_scripts.teacher.TeacherExtractor, "extract_batch", fail("teacher extraction"))
     monkeypatch.setattr(evaluate_metrics.runner.EvalRunner, "generate", fail("generation"))
     again = demo.main(demo.make_parser().parse_args(["--out", str(out), *ARGS]))
     assert again["seconds"] < scores["seconds"]
+    # A setting the existing students were trained with cannot change in the same folder.
+    with pytest.raises(ValueError, match=r"stage2_learning_rate_ratio: 0\.4 -> 1\.0"):
+        demo.main(demo.make_parser().parse_args(["--out", str(out), *ARGS, "--stage2_learning_rate_ratio", "1.0"]))
     timings = ("seconds", "phase_seconds")
     assert {k: v for k, v in again.items() if k not in timings} == {k: v for k, v in scores.items() if k not in timings}
