@@ -406,7 +406,7 @@ RESUMABLE_CHANGES = frozenset({"out", "device", "seeds", "variants", "ablation",
 
 
 def _same(before: Any, now: Any) -> bool:
-    if isinstance(before, float) or isinstance(now, float):
+    if isinstance(before, float | int) and isinstance(now, float | int) and float in (type(before), type(now)):
         return math.isclose(before, now, rel_tol=1e-9)
     return before == now
 

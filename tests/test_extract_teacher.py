@@ -185,16 +185,17 @@ def test_batched_generation_left_pads(teacher):
     assert processor.tokenizer.padding_side == "right"  # restored
 
 
-def test_static_cache_generates_the_same_greedy_tokens(teacher):
-    model, processor = teacher
+def greedy_responses(model, processor, cache: str):
+    """The teacher's greedy responses to two left-padded prompts under `cache`, and the extractor that wrote them."""
     images = [noise_image(140, 84, 3), noise_image(56, 56, 4)]
     questions = ["What is it?", "Describe the image in a few words."]
-    responses = {}
-    for cache in ("dynamic", "static"):
-        settings = GenerationSettings(max_new_tokens=8, batch_size=2, cache=cache)
-        extractor = TeacherExtractor(copy.deepcopy(model), processor, ExtractionSettings(), settings)
-        responses[cache] = extractor.generate(images, questions)
-    assert responses["static"] == responses["dynamic"]
+    settings = GenerationSettings(max_new_tokens=8, batch_size=2, cache=cache)
+    extractor = TeacherExtractor(copy.deepcopy(model), processor, ExtractionSettings(), settings)
+    return extractor.generate(images, questions), extractor
+
+
+def test_static_cache_generates_the_same_greedy_tokens(teacher):
+    assert greedy_responses(*teacher, "static")[0] == greedy_responses(*teacher, "dynamic")[0]
 
 
 # Family-agnostic behaviour, on the Qwen2.5-VL teacher -------------------------------------------------------------
@@ -202,15 +203,8 @@ def test_static_cache_generates_the_same_greedy_tokens(teacher):
 
 def test_compiled_generation_gives_the_same_greedy_tokens(qwen_teacher):
     """`cache="compiled"`: the static cache with the decoding step compiled by torch.compile, on the CPU too."""
-    model, processor = qwen_teacher
-    images = [noise_image(140, 84, 3), noise_image(56, 56, 4)]
-    questions = ["What is it?", "Describe the image in a few words."]
-    responses = {}
-    for cache in ("dynamic", "compiled"):
-        settings = GenerationSettings(max_new_tokens=8, batch_size=2, cache=cache)
-        extractor = TeacherExtractor(copy.deepcopy(model), processor, ExtractionSettings(), settings)
-        responses[cache] = extractor.generate(images, questions)
-    assert responses["compiled"] == responses["dynamic"]
+    compiled, extractor = greedy_responses(*qwen_teacher, "compiled")
+    assert compiled == greedy_responses(*qwen_teacher, "dynamic")[0]
     assert hasattr(extractor.model, "_compiled_call")  # transformers' compiled forward did run the decoding steps
     with pytest.raises(ValueError, match="cache='paged': expected one of"):
         GenerationSettings(cache="paged")
