@@ -70,6 +70,18 @@ VARIANTS: dict[str, Variant] = {
         Variant(
             "trajectory_only", "two stages, CE + trajectory (no V_top loss)", True, {"vtop_loss_weight": 0.0}
         ),
+        Variant(
+            "lavit_two_stage_attention",
+            "LaViT, two stages, the trajectory loss on the latent tokens' own attention (latent_attention)",
+            True,
+            {"trajectory_prediction": "latent_attention"},
+        ),
+        Variant(
+            "trajectory_attention_only",
+            "two stages, CE + the trajectory loss on the latent tokens' own attention (no V_top loss)",
+            True,
+            {"vtop_loss_weight": 0.0, "trajectory_prediction": "latent_attention"},
+        ),
     )
 }
 DEFAULT_VARIANTS = ("ce_only", "lavit_two_stage")

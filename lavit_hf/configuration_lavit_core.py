@@ -39,6 +39,18 @@ class LaViTConfigMixin:
         Weight of `KL(teacher trajectory || predicted trajectory)`.
     use_trajectory_loss (`bool`, *optional*, defaults to `True`):
         Whether trajectory targets, when given, enter the loss.
+    trajectory_prediction (`str`, *optional*, defaults to `"head"`):
+        The student's distribution over its image tokens that the trajectory loss compares with the teacher's.
+        `"head"` (the paper): the trajectory head, a query projection of the latent state dotted with the image
+        tokens' final states. Its bias alone can form a fixed query that meets the target (the marked object's
+        features are in the image states), so the loss need not put anything into the latent tokens.
+        `"latent_attention"`: the latent tokens' own attention over the image tokens (the mean over the K latent
+        query rows, the heads and `trajectory_attention_layers`, renormalised over the image tokens), so that what the
+        latent tokens read is where the teacher looked. It reads the attention through sdpa (the text attention must
+        be `"sdpa"` or `"eager"`) and is refused under activation checkpointing, whose recomputation would not read it.
+    trajectory_attention_layers (`list[int]`, *optional*):
+        The decoder layers (indices, negative from the top) whose latent-token attention `"latent_attention"` reads;
+        every layer when unset.
     training_stage (`int`, *optional*, defaults to 0):
         0: single stage, causal attention. 1: bottleneck, the answer (and, with `block_prompt`, the question after
         the image) cannot attend to image tokens; the latent tokens can. 2: joint, causal attention.
@@ -63,6 +75,8 @@ class LaViTConfigMixin:
     vtop_loss_weight: float = 0.3
     trajectory_loss_weight: float = 0.3
     use_trajectory_loss: bool = True
+    trajectory_prediction: Literal["head", "latent_attention"] = "head"
+    trajectory_attention_layers: list[int] | None = None
     head_input: Literal["last_latent", "mean_latent"] = "last_latent"
     # Stage schedule (docs/method.md section 3).
     training_stage: Literal[0, 1, 2] = 0
@@ -83,6 +97,14 @@ class LaViTConfigMixin:
             out_of_range = [i for i in self.latent_token_ids if not 0 <= i < vocab_size]
             if out_of_range:
                 raise ValueError(f"latent_token_ids {out_of_range} lie outside the vocabulary (size {vocab_size}).")
+        if self.trajectory_attention_layers is not None:
+            num_layers = self.get_text_config().num_hidden_layers
+            outside = [i for i in self.trajectory_attention_layers if not -num_layers <= i < num_layers]
+            if outside or not self.trajectory_attention_layers:
+                raise ValueError(
+                    f"trajectory_attention_layers {self.trajectory_attention_layers} must be a non-empty list of "
+                    f"layer indices in [-{num_layers}, {num_layers})."
+                )
         if self.teacher_hidden_size is not None and self.teacher_hidden_size < 1:
             raise ValueError(f"teacher_hidden_size must be positive, got {self.teacher_hidden_size}.")
 

@@ -52,6 +52,25 @@ def predict_trajectory(
     return torch.log_softmax(scores.masked_fill(~valid, float("-inf")), dim=-1)
 
 
+def latent_attention_trajectory(latent_attention: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """The latent tokens' own trajectory (`trajectory_prediction="latent_attention"`): their attention weights at each
+    sample's image tokens, averaged over the K latent tokens and renormalised over the image tokens, as a
+    log-distribution; `-inf` past a sample's own image tokens.
+
+    Args:
+        latent_attention (`torch.Tensor` of shape `(batch_size, K, seq_len)`): the head- and layer-averaged attention
+            weights of the latent tokens over every key (`LatentAttentionRecorder.mean`).
+        layout (`TokenLayout`): the batch's image positions.
+    """
+    empty = [sample for sample, count in enumerate(layout.image_counts) if count == 0]
+    if empty:
+        raise ValueError(f"Sample {empty[0]}: no image tokens, so it has no trajectory to predict.")
+    weights = latent_attention.mean(1).gather(1, layout.image_positions).masked_fill(~layout.image_valid, 0.0)
+    log_weights = torch.log(weights.clamp_min(torch.finfo(weights.dtype).tiny))
+    log_probs = log_weights - torch.logsumexp(log_weights.masked_fill(~layout.image_valid, float("-inf")), -1, True)
+    return log_probs.masked_fill(~layout.image_valid, float("-inf"))
+
+
 def check_vtop_target(vtop_target: torch.Tensor, teacher_hidden_size: int | None) -> None:
     """Check a V_top target's shape: `(batch, D)` or token-wise `(batch, n, D)`."""
     if vtop_target.ndim not in (2, 3) or vtop_target.shape[-1] != teacher_hidden_size:

@@ -21,6 +21,7 @@ got a loss of 0 behind a bare `except`); bad inputs and bad targets raise `Value
 This file is copied next to saved checkpoints (remote code): it imports only torch, transformers and its siblings.
 """
 
+import contextlib
 import inspect
 import os
 from collections.abc import Callable
@@ -37,12 +38,17 @@ from transformers.processing_utils import ProcessorMixin, Unpack
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from transformers.utils import TransformersKwargs
 
-from .attention import PACKED_VISION_ATTENTION  # noqa: F401  (importing registers it: a trained config may name it)
+from .attention import (  # importing registers PACKED_VISION_ATTENTION: a trained config may name it
+    PACKED_VISION_ATTENTION,  # noqa: F401
+    LatentAttentionRecorder,
+    observing_attention,
+)
 from .heads import (
     align_trajectory_target,
     build_vtop_head,
     check_trajectory_target,
     check_vtop_target,
+    latent_attention_trajectory,
     latent_head_input,
     pool_vtop_target,
     predict_trajectory,
@@ -457,24 +463,30 @@ class LaViTForConditionalGenerationMixin:
             else None
         )
         family_inputs = {"second_per_grid_ts": second_per_grid_ts} if second_per_grid_ts is not None else {}
-        outputs = self.model(
-            input_ids=input_ids,
-            pixel_values=pixel_values,
-            pixel_values_videos=pixel_values_videos,
-            image_grid_thw=image_grid_thw,
-            video_grid_thw=video_grid_thw,
-            mm_token_type_ids=mm_token_type_ids,
-            position_ids=position_ids,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            mm_encoder_outputs=mm_encoder_outputs,
-            mask_latent=mask_latent,
-            full_input_ids=full_input_ids,
-            **family_inputs,
-            **kwargs,
+        recorder = (
+            self.latent_attention_recorder(layout.latent_positions)
+            if wants_distillation and layout is not None and self.config.trajectory_prediction == "latent_attention"
+            else None
         )
+        with observing_attention(self, recorder) if recorder is not None else contextlib.nullcontext():
+            outputs = self.model(
+                input_ids=input_ids,
+                pixel_values=pixel_values,
+                pixel_values_videos=pixel_values_videos,
+                image_grid_thw=image_grid_thw,
+                video_grid_thw=video_grid_thw,
+                mm_token_type_ids=mm_token_type_ids,
+                position_ids=position_ids,
+                attention_mask=attention_mask,
+                past_key_values=past_key_values,
+                inputs_embeds=inputs_embeds,
+                use_cache=use_cache,
+                mm_encoder_outputs=mm_encoder_outputs,
+                mask_latent=mask_latent,
+                full_input_ids=full_input_ids,
+                **family_inputs,
+                **kwargs,
+            )
         hidden_states = outputs.last_hidden_state
 
         loss_ce = logits = None
@@ -505,7 +517,10 @@ class LaViTForConditionalGenerationMixin:
             if vtop_target is not None:
                 vtop_prediction = self.predict_vtop(latent_state)
                 loss_vtop = vtop_cosine_loss(vtop_prediction, pool_vtop_target(vtop_target, vtop_target_mask))
-            trajectory_log_probs = predict_trajectory(self.trajectory_query, latent_state, hidden_states, layout)
+            if recorder is not None:
+                trajectory_log_probs = latent_attention_trajectory(recorder.mean(), layout)
+            else:
+                trajectory_log_probs = predict_trajectory(self.trajectory_query, latent_state, hidden_states, layout)
             if trajectory_target is not None and self.config.use_trajectory_loss:
                 target = align_trajectory_target(trajectory_target, trajectory_mask, layout.image_valid)
                 loss_traj = trajectory_kl_loss(trajectory_log_probs, target, layout.image_valid)
@@ -527,6 +542,18 @@ class LaViTForConditionalGenerationMixin:
             vtop_prediction=vtop_prediction,
             trajectory_log_probs=trajectory_log_probs,
         )
+
+    def latent_attention_recorder(self, latent_positions: torch.LongTensor) -> LatentAttentionRecorder:
+        """A recorder of the latent tokens' attention on `config.trajectory_attention_layers` (all layers if unset)."""
+        if self.training and self.is_activation_checkpointing:
+            raise ValueError(
+                "trajectory_prediction='latent_attention' reads the attention during the forward, which activation "
+                "checkpointing recomputes without it: train without activation checkpointing."
+            )
+        layers = self.model.language_model.layers
+        indices = self.config.trajectory_attention_layers
+        indices = range(len(layers)) if indices is None else [i % len(layers) for i in indices]
+        return LatentAttentionRecorder({layers[i].self_attn: i for i in indices}, latent_positions)
 
     def predict_vtop(self, latent_state: torch.Tensor) -> torch.Tensor:
         """The V_top head's output for the latent state `(batch_size, d)`."""

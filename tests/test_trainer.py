@@ -148,6 +148,20 @@ def test_repeated_batch_all_losses_fall(tiny_lavit, dataset, tmp_path):
         assert sum(values[-2:]) / 2 < factor * sum(values[:2]) / 2, (key, values)
 
 
+def test_latent_attention_trajectory_trains_through_the_trainer(tiny_lavit, dataset, tmp_path):
+    model, processor = tiny_lavit
+    args = _args(tmp_path, max_steps=8, learning_rate=3e-3, lr_scheduler_type="constant", vtop_loss_weight=0.0,
+                 trajectory_prediction="latent_attention", trajectory_attention_layers=[-1])
+    trainer = LaViTTrainer(model, args, train_dataset=dataset.select([0, 1]), processing_class=processor)
+    trainer.train()
+    assert model.config.trajectory_prediction == "latent_attention" and model.config.trajectory_attention_layers == [-1]
+    values = _logged(trainer, "loss_traj")
+    assert sum(values[-2:]) / 2 < 0.8 * sum(values[:2]) / 2, values
+    with pytest.raises(ValueError, match="activation_checkpointing false"):
+        LaViTTrainer(model, _args(tmp_path, trajectory_prediction="latent_attention", activation_checkpointing=True),
+                     train_dataset=dataset, processing_class=processor)
+
+
 def test_gradient_accumulation_matches_one_large_batch(tiny_lavit_pair, dataset, tmp_path):
     """GA=2 of batch 1 and GA=1 of batch 2 take the same step: token-averaged CE over the whole accumulation step
     and per-batch means of the auxiliary losses (docs/pitfalls.md, Trainer). Plain SGD at lr 1 makes the update the

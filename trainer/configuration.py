@@ -47,7 +47,7 @@ class LaViTTrainingArguments(TrainingArguments):
     Parameters that control the training:
         `stage_schedule`, `stage1_steps`, `stage1_learning_rate`, `stage1_warmup_ratio`, `stage2_steps`,
         `stage2_learning_rate`, `stage2_warmup_ratio`, `ce_loss_weight`, `vtop_loss_weight`, `trajectory_loss_weight`,
-        `block_prompt`, `ce_in_stage1`, `latent_separator`.
+        `block_prompt`, `ce_in_stage1`, `latent_separator`, `trajectory_prediction`, `trajectory_attention_layers`.
 
     Which fields set the steps, peak learning rate and warm-up: a `single` run reads `max_steps` (or
     `num_train_epochs`), `learning_rate` and `warmup_steps`; a `stage1` or `stage2` run, and each stage of a
@@ -275,6 +275,22 @@ class LaViTTrainingArguments(TrainingArguments):
             "The space merges into the answer's first word token, which the last latent token then predicts with "
             "the image in view; `\\n` is a token of its own, so the bottleneck and the mask diagnostic reach every "
             "answer token (docs/method.md section 2)."
+        },
+    )
+    trajectory_prediction: str | None = field(
+        default=None,
+        metadata={
+            "help": "What the trajectory loss compares with the teacher's trajectory: the trajectory head ('head', the "
+            "paper) or the latent tokens' own attention over the image ('latent_attention', needs sdpa or eager text "
+            "attention and no activation checkpointing); unset: the model config's (docs/method.md section 2).",
+            "choices": ["head", "latent_attention"],
+        },
+    )
+    trajectory_attention_layers: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Decoder layers (negative from the top) whose latent-token attention 'latent_attention' reads; "
+            "unset: the model config's (every layer)."
         },
     )
     ce_in_stage1: bool | None = field(

@@ -252,11 +252,24 @@ class LaViTTrainer(Trainer):
         model.set_training_stage(STAGE_OF_SCHEDULE[args.stage_schedule])
         # A value left unset means the model config's; a value given is written back, as SFTTrainer does for
         # `router_aux_loss_coef`, so the saved config records it.
-        for name in (*LOSS_WEIGHTS.values(), "block_prompt", "ce_in_stage1", "latent_separator"):
+        written_back = (
+            *LOSS_WEIGHTS.values(),
+            "block_prompt",
+            "ce_in_stage1",
+            "latent_separator",
+            "trajectory_prediction",
+            "trajectory_attention_layers",
+        )
+        for name in written_back:
             if getattr(args, name) is None:
                 setattr(args, name, getattr(config, name))
             else:
                 setattr(config, name, getattr(args, name))
+        if config.trajectory_prediction == "latent_attention" and args.activation_checkpointing:
+            raise ValueError(
+                "trajectory_prediction='latent_attention' reads the latent tokens' attention during the forward, which "
+                "activation checkpointing recomputes without it: pass --activation_checkpointing false."
+            )
         # The model's generation path needs the cache; training with a live cache breaks under FSDP checkpointing.
         config.use_cache = False
         if not peft:
