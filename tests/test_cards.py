@@ -55,6 +55,17 @@ def test_model_card_of_hub_base_and_data(tiny_lavit, tmp_path):
     assert "https://huggingface.co/datasets/someone/lavit-viscot" in text
 
 
+def test_model_card_records_the_method_settings(tiny_lavit, tmp_path):
+    _, text = _card(
+        tiny_lavit, tmp_path, latent_separator="\n", trajectory_prediction="latent_attention",
+        trajectory_attention_layers=[-1], activation_checkpointing=False,
+    )  # fmt: skip
+    rows = dict(line.strip("|").split("|")[:2] for line in text.splitlines() if line.count("|") == 3)
+    rows = {key.strip(" `"): value.strip(" `") for key, value in rows.items()}
+    assert rows["latent_separator"] == "'\\n'" and rows["trajectory_prediction"] == "latent_attention"
+    assert rows["trajectory_attention_layers"] == "[-1]"
+
+
 def _extraction_info(tmp_path: Path, written: int, license: str | None) -> dict:
     """What `lavit extract` records about a run (`datasets_scripts.extract.run_info` plus the finalised counts),
     with absolute local paths where a real run has them."""

@@ -42,6 +42,9 @@ HYPERPARAMETERS = (
     "freeze_llm",
     "block_prompt",
     "ce_in_stage1",
+    "latent_separator",
+    "trajectory_prediction",
+    "trajectory_attention_layers",
     "num_latent_tokens",
     "torch_compile",
     "train_sampling_strategy",
@@ -64,6 +67,8 @@ def stage_record(trainer) -> dict[str, Any]:
 
 def _fmt(value: Any) -> str:
     value = getattr(value, "value", value)  # enums (scheduler, optimiser) by their value
+    if isinstance(value, str) and (not value.strip() or not value.isprintable()):
+        return repr(value)  # a separator such as " " or "\n" stays visible and keeps the table row intact
     return f"{value:.4g}" if isinstance(value, float) else ("" if value is None else str(value))
 
 
