@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lavit_hf.layout import render_prompt
+from lavit_hf.layout import render_prompt, set_pixel_limits
 
 from .experiment import (
     DEFAULT_VARIANTS,
@@ -380,21 +380,25 @@ def evaluate_student(
     """Per-item correctness under each diagnostic, and the latent probe's held-out accuracy."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from .experiment import latent_states, linear_probe_accuracy, score_diagnostics
+    from .experiment import latent_states, linear_probe_accuracy, score_diagnostics, student_trajectory_box_mass
 
     result_file = output / "scores.json"
-    if result_file.is_file():
-        return json.loads(result_file.read_text())
+    result = json.loads(result_file.read_text()) if result_file.is_file() else {}
+    if "items" in result and "trajectory_mass_in_box" in result:
+        return result
     pixels = args.student_image_size**2
-    items = score_diagnostics(student, test_dataset, output, pixels, args.device, args.eval_batch_size)
+    if "items" not in result:
+        result["items"] = score_diagnostics(student, test_dataset, output, pixels, args.device, args.eval_batch_size)
     model = AutoModelForImageTextToText.from_pretrained(student).to(args.device).eval()
     processor = AutoProcessor.from_pretrained(student)
-    train_states = latent_states(model, processor, train_rows, args.device)
-    test_states = latent_states(model, processor, test_rows, args.device)
-    probe = linear_probe_accuracy(
-        train_states, [r["answer"] for r in train_rows], test_states, [r["answer"] for r in test_rows]
-    )
-    result = {"items": items, "probe_accuracy": probe}
+    set_pixel_limits(processor, pixels, pixels)
+    if "probe_accuracy" not in result:
+        train_states = latent_states(model, processor, train_rows, args.device)
+        test_states = latent_states(model, processor, test_rows, args.device)
+        result["probe_accuracy"] = linear_probe_accuracy(
+            train_states, [r["answer"] for r in train_rows], test_states, [r["answer"] for r in test_rows]
+        )
+    result["trajectory_mass_in_box"] = student_trajectory_box_mass(model, processor, test_rows, args.device)
     write_json(result_file, result)
     return result
 

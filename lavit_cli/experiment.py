@@ -247,6 +247,43 @@ def latent_states(model, processor, rows: Sequence[dict[str, Any]], device: str,
     return torch.cat(states)
 
 
+@torch.no_grad()
+def student_trajectory_box_mass(
+    model, processor, rows: Sequence[dict[str, Any]], device: str, batch_size: int = 32
+) -> dict[str, float]:
+    """Where the student looks: the mean share of its predicted trajectory (the trajectory head's, or its latent
+    tokens' attention under `trajectory_prediction="latent_attention"`) inside each row's box, on the prompt with the
+    latent tokens forced, against a uniform map on the same grid. `{"student": ..., "uniform": ...}`."""
+    from lavit_hf.grids import box_mass
+    from lavit_hf.images import to_rgb
+    from lavit_hf.layout import latent_prefix, render_prompt
+
+    prefix = latent_prefix(model.config.num_latent_tokens)
+    merge = model.config.vision_config.spatial_merge_size
+    processor.tokenizer.padding_side = "left"
+    shares = {"student": [], "uniform": []}
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        inputs = processor(
+            text=[render_prompt(processor, row["question"]) + prefix for row in chunk],
+            images=[to_rgb(row["image"]) for row in chunk],
+            return_tensors="pt",
+            padding=True,
+        ).to(device)
+        grids = [(int(h) // merge, int(w) // merge) for _, h, w in inputs["image_grid_thw"].tolist()]
+        counts = [h * w for h, w in grids]
+        valid = torch.arange(max(counts), device=device)[None, :] < torch.tensor(counts, device=device)[:, None]
+        # The model predicts the trajectory when given a target; the prediction does not depend on the target's values.
+        uniform = valid.float() / valid.sum(-1, keepdim=True)
+        output = model(**inputs, trajectory_target=uniform, trajectory_mask=valid, use_cache=False)
+        predicted = output.trajectory_log_probs.exp().float().cpu()
+        for row, grid, count, distribution in zip(chunk, grids, counts, predicted, strict=True):
+            size, box = tuple(row["image_size"]), row["bbox"]
+            shares["student"].append(box_mass(distribution[:count], grid, size, box))
+            shares["uniform"].append(box_mass(torch.full(grid, 1.0 / count), grid, size, box))
+    return {name: sum(values) / len(values) for name, values in shares.items()}
+
+
 def linear_probe_accuracy(
     train_states: torch.Tensor,
     train_labels: Sequence[str],
@@ -294,5 +331,6 @@ __all__ = [
     "linear_probe_accuracy",
     "resolve_variants",
     "score_diagnostics",
+    "student_trajectory_box_mass",
     "train_variant",
 ]

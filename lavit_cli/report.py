@@ -23,13 +23,15 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     """Every estimate the report states: accuracy per variant and diagnostic, the paired difference of each variant
     against CE-only, and each variant's reliance on its latent tokens (normal minus masked, paired)."""
     students, ids = results["students"], results["test_ids"]
-    summary = {"accuracy": {}, "versus_ce_only": {}, "reliance": {}, "probe": {}}
+    summary = {"accuracy": {}, "versus_ce_only": {}, "reliance": {}, "probe": {}, "looks": {}}
     for variant in students:
         matrices = {d: correctness(students, variant, d, ids) for d in DIAGNOSTICS}
         summary["accuracy"][variant] = {d: bootstrap_mean(m) for d, m in matrices.items()}
         summary["reliance"][variant] = paired_difference(matrices["force"], matrices["mask"])
         probes = [run["probe_accuracy"] for run in students[variant].values()]
         summary["probe"][variant] = (float(np.mean(probes)), float(np.min(probes)), float(np.max(probes)))
+        looks = [run["trajectory_mass_in_box"]["student"] for run in students[variant].values()]
+        summary["looks"][variant] = (float(np.mean(looks)), float(np.min(looks)), float(np.max(looks)))
         if variant != REFERENCE:
             summary["versus_ce_only"][variant] = paired_difference(
                 matrices["normal"], correctness(students, REFERENCE, "normal", ids)
@@ -75,6 +77,11 @@ def findings(summary: dict[str, Any], results: dict[str, Any]) -> list[str]:
         "- **Where the teacher looks**: mass of its trajectory inside the marked shape's box, held-out mean: "
         + ", ".join(f"{name} {share:.1%}" for name, share in masses.items())
         + " (uniform: the box's share of the image)."
+    )
+    uniform = next(iter(next(iter(results["students"].values())).values()))["trajectory_mass_in_box"]["uniform"]
+    lines.append(
+        "- **Where each student looks** (its predicted trajectory, on its own grid; uniform there: "
+        f"{uniform:.1%}): " + ", ".join(f"{variant} {looks[0]:.1%}" for variant, looks in summary["looks"].items()) + "."
     )
     return lines
 
@@ -169,23 +176,25 @@ def write_report(out: Path, results: dict[str, Any]) -> str:
         "",
         "## Results",
         "",
-        "| variant | normal | force | mask | reliance (force - mask) | vs ce_only (normal) | latent probe |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| variant | normal | force | mask | reliance (force - mask) | vs ce_only (normal) | latent probe | looks at the box |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for variant, accuracy in summary["accuracy"].items():
         versus = summary["versus_ce_only"].get(variant)
-        probe = summary["probe"][variant]
+        probe, looks = summary["probe"][variant], summary["looks"][variant]
         lines.append(
             f"| {variant} | "
             + " | ".join(accuracy[d].format() for d in DIAGNOSTICS)
             + f" | {summary['reliance'][variant].format(signed=True)} | "
             + (versus.format(signed=True) if versus else "(reference)")
-            + f" | {probe[0]:.1%} ({probe[1]:.1%}-{probe[2]:.1%}) |"
+            + f" | {probe[0]:.1%} ({probe[1]:.1%}-{probe[2]:.1%}) | {looks[0]:.1%} ({looks[1]:.1%}-{looks[2]:.1%}) |"
         )
     lines += [
         "",
         "The latent probe is a linear classifier reading the answer from the last latent token's final state "
-        "(forced latent tokens), trained on the distillation set and scored on the held-out items (range over seeds).",
+        "(forced latent tokens), trained on the distillation set and scored on the held-out items (range over seeds). "
+        "`looks at the box`: the mass of the student's predicted trajectory (its trajectory head, or its latent tokens' "
+        "attention under `latent_attention`) inside the marked shape's box on the held-out items.",
         "",
         "## What the numbers show",
         "",

@@ -36,9 +36,13 @@ def test_every_artifact_exists_and_loads(demo_run):
             # Every held-out item scored under every diagnostic, and the probe's accuracy in [0, 1].
             assert all(set(run["items"][diagnostic]) == set(ids) for diagnostic in ("normal", "force", "mask"))
             assert 0.0 <= run["probe_accuracy"] <= 1.0
+            # Where the student looks: a share of its predicted trajectory, next to a uniform map's share of the box.
+            looks = run["trajectory_mass_in_box"]
+            assert 0.0 <= looks["student"] <= 1.0 and 0.0 < looks["uniform"] < 1.0
     report = (out / "report.md").read_text()
     assert "| lavit_two_stage |" in report and "## What the numbers show" in report
     assert "lavit_two_stage against ce_only" in report and "relies on its latent tokens" in report
+    assert "looks at the box" in report and "Where each student looks" in report
     for figure in ("accuracy.png", "loss_curves.png"):
         assert Image.open(out / figure).size[0] > 200
     dataset = load_dataset(str(out / "dataset" / "train"), split="train")
