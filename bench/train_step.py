@@ -158,7 +158,7 @@ def build_model(
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if compile_blocks != "none":  # what `LaViTTrainer` does under `torch_compile=True`
-        from trainer.lavit_trainer import compile_repeated_blocks
+        from lavit_hf.compilation import compile_repeated_blocks
 
         compile_repeated_blocks(model, vision=compile_blocks == "all")
     return model.train()

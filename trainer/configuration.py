@@ -66,9 +66,10 @@ class LaViTTrainingArguments(TrainingArguments):
     > - `per_device_train_batch_size=1`, `gradient_accumulation_steps=16`.
     > - `logging_steps=10`, `prediction_loss_only=True` (evaluation needs the losses, never 152k-wide logits).
     >
-    > `torch_compile=True` compiles each decoder layer and vision block in place (`compile_repeated_blocks`), not
-    > the whole model as `Trainer` would: the image-text merge and the masks are full of host syncs and
-    > data-dependent shapes, and the blocks are where the step's elementwise work fuses.
+    > `torch_compile=True` compiles each decoder layer and vision block in place
+    > (`lavit_hf.compilation.compile_repeated_blocks`), not the whole model as `Trainer` would: the image-text merge
+    > and the masks are full of host syncs and data-dependent shapes, and the blocks are where the step's elementwise
+    > work fuses.
     >
     > Every update is applied: with float32 weights (the default) the optimiser updates float32 master weights
     > under bf16 autocast; with `model_dtype="bfloat16"` plain AdamW would round most updates at the paper's learning
