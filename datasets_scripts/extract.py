@@ -169,6 +169,13 @@ class TeacherArguments:
         metadata={"help": "Longest sample, in tokens (image, question and response): a longer one is skipped and "
                   "listed in failures.jsonl (default: the teacher's max_position_embeddings)."},
     )
+    compile_teacher: bool | None = field(
+        default=None,
+        metadata={"help": "Compile each decoder layer and vision block of the teacher in place for the extraction "
+                  "forward (torch.compile, as `lavit train` compiles the student): the same values up to kernel "
+                  "rounding, faster; each new batch shape compiles once, and generation stays eager unless "
+                  "--generation_cache compiled (default: on for a CUDA device, off otherwise)."},
+    )
 
     def __post_init__(self):
         if self.max_length is not None and self.max_length < 1:
@@ -395,7 +402,7 @@ def command_line(options: ExtractOptions) -> str:
             if f.name == "merge" or value == getattr(default, f.name):
                 continue
             flag = f"--{f.name}"
-            if value is True:
+            if value is True and getattr(default, f.name) is False:  # a switch; a `bool | None` option takes a value
                 parts.append(flag)
             elif isinstance(value, (list, tuple)):
                 parts += [flag, *map(str, value)]
@@ -935,7 +942,12 @@ def _extract_locked_shard(
     check_free_space(Path(options.output.output_dir), shard, feature_bytes)
 
     model = load_teacher(teacher, device, options.model.dtype)
-    extractor = TeacherExtractor(model, processor, options.extraction.settings(), options.generation.settings())
+    compile_teacher = options.model.compile_teacher
+    if compile_teacher is None:
+        compile_teacher = torch.device(device).type == "cuda"
+    extractor = TeacherExtractor(
+        model, processor, options.extraction.settings(), options.generation.settings(), compile_blocks=compile_teacher
+    )
     max_length = options.model.max_length or text_config.max_position_embeddings
     extraction = extractor.settings
     features = schema.lavit_features(extractor.hidden_size, extraction.token_features, extraction.methods)
