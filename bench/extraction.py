@@ -8,8 +8,9 @@ cache.
 - **ours, eager**: one `sdpa` forward of the base model (no LM head) whose text attention runs through the capturing
   sdpa (`datasets_scripts.teacher.capturing_sdpa_attention`): on the last 8 layers it scores the response rows against
   the queries and keys the attention receives; V_top comes from a hook on the last decoder layer. One sample per
-  forward, then `--batch-sizes` samples per forward (`extract_batch`, right-padded; the samples here have equal
-  lengths, so there is no padding). Each row includes the processor's work on the samples (`encode_batch`).
+  forward, then `--batch-sizes` samples per forward (`extract_batches`, right-padded; the samples here have equal
+  lengths, so there is no padding). Each row includes the processor's work on the samples (`encode_batch`), done for
+  each batch in a background thread while the teacher runs the batch before, as `lavit extract` does.
 - **ours, compiled** (`--compile-teacher`, default on CUDA): the same, with every decoder layer and vision block
   compiled in place (`TeacherExtractor(compile_blocks=True)`, what `lavit extract --compile_teacher` does); its first
   call per batch size (compilation) is timed apart in `first call s`.
@@ -179,11 +180,15 @@ def output_differences(outputs, references) -> tuple[float, float]:
 
 
 def run_batches(extractor, images, questions, responses, size: int):
-    """Every sample through `extractor`, `size` samples per forward."""
+    """Every sample through `extractor`, `size` samples per forward, each batch encoded while the teacher runs the one
+    before (`extract_batches`, as `lavit extract` runs them)."""
+    starts = range(0, len(images), size)
+    batches = [(images[i : i + size], questions[i : i + size], responses[i : i + size]) for i in starts]
     outputs = []
-    for first in range(0, len(images), size):
-        last = first + size
-        outputs += extractor.extract_batch(images[first:last], questions[first:last], responses[first:last])
+    for result in extractor.extract_batches(batches):
+        if isinstance(result, Exception):
+            raise result
+        outputs += result
     return outputs
 
 

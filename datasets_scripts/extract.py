@@ -744,27 +744,31 @@ class ShardRun:
         outcomes: dict[int, TeacherOutput | Exception] = {}
         size = self.options.extraction.extraction_batch_size
         emitted = self._emit(ready, lengths, outcomes, 0)
-        for first in range(0, len(fitting), size):
-            group = fitting[first : first + size]
-            outcomes.update(zip(group, self._extract_group([ready[i] for i in group]), strict=True))
+        groups = [fitting[first : first + size] for first in range(0, len(fitting), size)]
+        # Each batch is encoded (the processor, on the CPU) while the teacher runs the one before.
+        results = self.extractor.extract_batches(_batch_inputs([ready[i] for i in group]) for group in groups)
+        for group, result in zip(groups, results, strict=True):
+            outcomes.update(zip(group, self._group_outcomes([ready[i] for i in group], result), strict=True))
             emitted = self._emit(ready, lengths, outcomes, emitted)
 
-    def _extract_group(self, group: list[tuple[ValidSample, str]]) -> list[TeacherOutput | Exception]:
-        """Each sample's output, or the error it failed with; a batch that fails is redone one sample at a time."""
-        try:
-            return self.extractor.extract_batch(
-                [sample.image for sample, _ in group],
-                [sample.record.question for sample, _ in group],
-                [response for _, response in group],
-            )
-        except (TeacherError, ValueError) as error:
-            if len(group) == 1:
-                return [error]
-            indices = [sample.record.index for sample, _ in group]
-            logger.warning("Extracting records %s in one batch failed (%s); extracting them one at a time", indices,
-                           error)
+    def _group_outcomes(
+        self, group: list[tuple[ValidSample, str]], result: list[TeacherOutput] | Exception
+    ) -> list[TeacherOutput | Exception]:
+        """Each sample's output, or the error it failed with; a batch that failed is redone one sample at a time."""
+        if not isinstance(result, Exception):
+            return result
+        if len(group) == 1:
+            return [result]
+        indices = [sample.record.index for sample, _ in group]
+        logger.warning("Extracting records %s in one batch failed (%s); extracting them one at a time", indices, result)
         self.counts.batches_redone += 1
-        return [self._extract_group([item])[0] for item in group]
+        return [self._extract_one(item) for item in group]
+
+    def _extract_one(self, item: tuple[ValidSample, str]) -> TeacherOutput | Exception:
+        try:
+            return self.extractor.extract_batch(*_batch_inputs([item]))[0]
+        except (TeacherError, ValueError) as error:
+            return error
 
     def _emit(
         self,
@@ -803,6 +807,11 @@ class ShardRun:
         self.writer.record(FILTERED_FILE, entry)
         self.counts.filtered += 1
         return True
+
+
+def _batch_inputs(group: list[tuple[ValidSample, str]]) -> tuple[list[Image.Image], list[str], list[str]]:
+    """`(images, questions, responses)` of a batch, as `TeacherExtractor.extract_batch` takes them."""
+    return [sample.image for sample, _ in group], [sample.record.question for sample, _ in group], [r for _, r in group]
 
 
 # Run info, finalisation, push ----------------------------------------------------------------------------------------

@@ -34,13 +34,14 @@ tokens form one known 2-D grid per image. A family whose grid cannot be known (t
 refused by name, with the reason (`UNKNOWN_GRID_FAMILIES`).
 """
 
+import concurrent.futures
 import contextlib
 import contextvars
 import inspect
 import logging
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -590,7 +591,8 @@ register_trajectory_method(
 
 class TeacherExtractor:
     """Runs a teacher of any supported family (`TEACHER_FAMILIES`) over samples: batched generation, then one forward
-    per batch of samples (`extract_batch`; `extract` for one) for V_top and the trajectories.
+    per batch of samples (`extract_batch`; `extract` for one; `extract_batches` for a sequence of batches, each encoded
+    while the teacher runs the one before) for V_top and the trajectories.
 
     Args:
         model (`PreTrainedModel`): the teacher, an image-text-to-text model of a supported family, any attention
@@ -602,8 +604,9 @@ class TeacherExtractor:
         compile_blocks (`bool`, *optional*, defaults to `False`): compile each decoder layer and vision block of the
             teacher in place for the extraction forward (`lavit_hf.compilation.compile_repeated_blocks`): the same
             values up to the kernels' rounding, faster on a GPU. The attention capture and the V_top hook run
-            eagerly between the compiled graphs. Generation with a `dynamic` or `static` cache runs the blocks
-            eagerly (`compiled` compiles each decoding step itself).
+            eagerly between the compiled graphs. The gradient method's language-model forward and backward run the
+            blocks eagerly (its batched backward cannot run compiled graphs), as does generation with a `dynamic` or
+            `static` cache (`compiled` compiles each decoding step itself).
         compile_options (`dict`, *optional*): keyword arguments of `torch.compile` for `compile_blocks` (`backend`,
             `mode`, ...).
 
@@ -742,7 +745,11 @@ class TeacherExtractor:
         return self.extract_batch([image], [question], [response])[0]
 
     def extract_batch(
-        self, images: list[Image.Image], questions: list[str], responses: list[str]
+        self,
+        images: list[Image.Image],
+        questions: list[str],
+        responses: list[str],
+        encoded: EncodedBatch | None = None,
     ) -> list[TeacherOutput]:
         """V_top and the trajectories of several samples from one forward pass over their right-padded batch.
 
@@ -750,9 +757,12 @@ class TeacherExtractor:
         tokens (no real token attends to it), the model derives its positions from the attention mask, the V_top hook
         and the attention capture read its own positions, and its gradients come from cotangents on its own tokens.
         Raises `TeacherError` (or `ValueError`) if any sample cannot be processed; `extract` it alone to find which.
+
+        Args:
+            images, questions, responses: the samples.
+            encoded (`EncodedBatch`, *optional*): `encode_batch` of the samples, when it was done already.
         """
-        with torch.profiler.record_function("lavit_encode"):
-            batch = self.encode_batch(images, questions, responses)
+        batch = encoded if encoded is not None else self._encode(images, questions, responses)
         samples = batch.samples
         steps = [split_steps(r, s.offsets, self.settings.split_steps) for r, s in zip(responses, samples, strict=True)]
         inputs = {k: v.to(self.device) for k, v in batch.inputs.items()}
@@ -803,6 +813,36 @@ class TeacherExtractor:
             outputs.append(out)
         return outputs
 
+    def extract_batches(
+        self, batches: Iterable[tuple[list[Image.Image], list[str], list[str]]]
+    ) -> Iterator[list[TeacherOutput] | TeacherError | ValueError]:
+        """`extract_batch` of each `(images, questions, responses)` in turn, with the next batch encoded (the
+        processor's work, on the CPU) in a background thread while the teacher runs the current one.
+
+        Yields, per batch and in order, its outputs or the `TeacherError` / `ValueError` it failed with (the batches
+        after it still run); any other error stops the iteration.
+        """
+        batches = iter(batches)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lavit-encode") as pool:
+
+            def encode_next():
+                batch = next(batches, None)
+                return None if batch is None else (batch, pool.submit(self._encode, *batch))
+
+            pending = encode_next()
+            while pending is not None:
+                batch, encoding = pending
+                pending = encode_next()
+                try:
+                    outputs = self.extract_batch(*batch, encoded=encoding.result())
+                except (TeacherError, ValueError) as error:
+                    outputs = error
+                yield outputs
+
+    def _encode(self, images: list[Image.Image], questions: list[str], responses: list[str]) -> EncodedBatch:
+        with torch.profiler.record_function("lavit_encode"):
+            return self.encode_batch(images, questions, responses)
+
     def _forward(
         self, inputs: dict[str, torch.Tensor], samples: list[EncodedSample], with_gradient: bool
     ) -> list[TeacherForward]:
@@ -820,7 +860,9 @@ class TeacherExtractor:
         embeds, features.pooler_output = image_embedding_leaf(features.pooler_output)
         text_inputs = {k: v for k, v in inputs.items() if k != "pixel_values"}
         ids = inputs["input_ids"]
-        with torch.enable_grad():
+        # Compiled blocks run eagerly here: the batched vector-Jacobian products vmap over the backward, which
+        # inductor's compiled backward graphs do not support (the image encoder above, without gradients, is compiled).
+        with torch.enable_grad(), torch.compiler.set_stance("force_eager"):
             hidden = self.model.model(**text_inputs, mm_encoder_outputs={"image": features}, use_cache=False)[0]
             with torch.profiler.record_function("lavit_gradient_trajectory"):
                 nlls = [

@@ -1,12 +1,19 @@
-"""Extraction with the teacher's repeated blocks compiled in place (`TeacherExtractor(compile_blocks=True)`, `lavit
-extract --compile_teacher`): the attention capture and the V_top hook run eagerly between the compiled graphs, see
-every selected layer exactly once per forward, and the values equal the eager teacher's."""
+"""The extraction's speed-ups change no value.
+
+- The teacher's repeated blocks compiled in place (`TeacherExtractor(compile_blocks=True)`, `lavit extract
+  --compile_teacher`): the attention capture and the V_top hook run eagerly between the compiled graphs, see every
+  selected layer exactly once per forward, and the values equal the eager teacher's.
+- `extract_batches`: each batch is encoded in a background thread while the teacher runs the one before.
+"""
 
 import copy
+import threading
 
 import pytest
 import torch
 from PIL import Image
+from torch import is_tensor
+from torch._dynamo.backends.common import aot_autograd
 
 from datasets_scripts import extract as extract_module
 from datasets_scripts.teacher import (
@@ -30,21 +37,29 @@ SAMPLES = [
 
 
 class GraphCounter:
-    """A `torch.compile` backend that runs each graph dynamo captures as it is and counts the graphs and their calls.
-    Dynamo's tracing, graph breaks and guards are those of any backend; the kernels stay eager, so that compiling a
-    tiny teacher on the CPU takes seconds instead of inductor's minute (the GPU bench compares inductor's values)."""
+    """A `torch.compile` backend that runs the graphs dynamo and AOTAutograd capture as they are and counts them and
+    their calls. Tracing, graph breaks and guards are those of any backend, and the kernels stay eager, so that
+    compiling a tiny teacher on the CPU takes seconds instead of inductor's minute (the GPU bench compares inductor's
+    values). Like inductor's graphs, these refuse to run under vmap (on batched tensors)."""
 
     def __init__(self):
         self.graphs = 0
         self.calls = 0
+        self.backend = aot_autograd(fw_compiler=self.compile_graph, bw_compiler=self.compile_graph)
 
     def __call__(self, graph_module, example_inputs):
+        return self.backend(graph_module, example_inputs)
+
+    def compile_graph(self, graph_module, example_inputs):
         self.graphs += 1
 
-        def run(*args):
+        def run(args):
+            if any(is_tensor(arg) and "Batched" in str(torch._C._dispatch_keys(arg)) for arg in args):
+                raise RuntimeError("a compiled graph ran on batched tensors (under vmap)")
             self.calls += 1
-            return graph_module.forward(*args)
+            return graph_module(*args)
 
+        run._boxed_call = True  # AOTAutograd's calling convention: one list of arguments
         return run
 
 
@@ -157,3 +172,36 @@ def test_compile_teacher_reaches_the_extractor(flag, device, expected, tiny_teac
     with pytest.raises(Stop):
         extract_module.main(parse_with_config(extract_module.make_parser(), argv))
     assert seen == {"compile_blocks": expected}
+
+
+def test_extract_batches_encodes_the_next_batch_while_the_teacher_runs(tiny_teacher_pair, monkeypatch):
+    """The next batch's encoding starts before the current forward ends (the first forward waits for it), a batch
+    that fails yields its error while the others still run, and the outputs are `extract_batch`'s."""
+    model, processor = tiny_teacher_pair
+    extractor = TeacherExtractor(copy.deepcopy(model), processor, ExtractionSettings(attention_layers=[-1]))
+    good = batches()
+    failing = (good[1][0], good[1][1], [""])  # an empty response: encoding refuses it
+    expected = [extractor.extract_batch(*batch) for batch in good]
+    encode, forward = extractor.encode_batch, extractor._forward
+    second_encoding, forwards = threading.Event(), []
+
+    def recording_encode(images, questions, responses):
+        if questions == good[1][1] and responses == good[1][2]:
+            second_encoding.set()
+        return encode(images, questions, responses)
+
+    def waiting_forward(*args):
+        if not forwards:
+            assert second_encoding.wait(timeout=60), "the second batch was not encoded during the first forward"
+        forwards.append(threading.current_thread() is threading.main_thread())
+        return forward(*args)
+
+    monkeypatch.setattr(extractor, "encode_batch", recording_encode)
+    monkeypatch.setattr(extractor, "_forward", waiting_forward)
+    results = list(extractor.extract_batches([good[0], good[1], failing, good[0]]))
+    assert forwards == [True, True, True]  # the forwards run on the calling thread; the failing batch has none
+    assert isinstance(results[2], TeacherError) and "empty teacher response" in str(results[2])
+    for outputs, reference in zip([results[0], results[1], results[3]], [*expected, expected[0]], strict=True):
+        for out, ref in zip(outputs, reference, strict=True):
+            torch.testing.assert_close(out.trajectories["attention"], ref.trajectories["attention"], atol=0, rtol=0)
+            torch.testing.assert_close(out.vtop_tokens, ref.vtop_tokens, atol=0, rtol=0)
