@@ -404,16 +404,20 @@ def profile_variant(extractor, images, questions, responses, label: str, args) -
         print(averages.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70))
     print(f"\n=== {label}: top ops by self CPU time ===")
     print(averages.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70))
-    on_device = [e for e in averages if e.device_type == DeviceType.CUDA]  # kernels, copies, memsets
+    # Kernels, copies, memsets; not the GPU spans of the ranges (`record_function`), which cover kernels counted here.
+    on_device = [e for e in averages if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
     kernel_s = sum(e.self_device_time_total for e in on_device) / 1e6
     launches = sum(e.count for e in on_device)
     # Kernel time each range launched (the profiled, unsynchronised forward; backward kernels run on autograd's
     # device thread, outside the gradient range: its synchronised time above is the one to read).
-    range_kernels = {e.key: e.device_time_total / 1e6 for e in averages if e.key in RANGES}
+    range_kernels = {
+        e.key: e.device_time_total / 1e6 for e in averages if e.key in RANGES and e.device_type == DeviceType.CPU
+    }
     timed = dict(ranges.seconds)
-    timed["bench_language_model"] = timed.get("bench_language_model", 0.0) - sum(
-        timed.get(name, 0.0) for name in ("lavit_attention_capture", "lavit_vtop")
-    )
+    for split in (timed, range_kernels):  # the language model's range holds the capture's and the hook's
+        split["bench_language_model"] = split.get("bench_language_model", 0.0) - sum(
+            split.get(name, 0.0) for name in ("lavit_attention_capture", "lavit_vtop")
+        )
     parts = [
         f"{RANGES[name]} {timed[name]:.3f} s"
         + (f" (kernels {range_kernels.get(name, 0.0):.3f} s)" if cuda and name != "lavit_gradient_trajectory" else "")

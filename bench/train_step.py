@@ -471,7 +471,8 @@ def _profile_variant(model, optimizer, batch: dict, label: str, args, dtype) -> 
         synchronize()
         wall = time.perf_counter() - start
     averages = prof.key_averages()
-    on_device = [e for e in averages if e.device_type == DeviceType.CUDA]  # kernels, copies, memsets
+    # Kernels, copies, memsets; not the GPU spans of `record_function` ranges, which cover kernels counted here.
+    on_device = [e for e in averages if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
     kernel_s = sum(e.self_device_time_total for e in on_device) / 1e6
     kernels = sum(e.count for e in on_device)
     print(f"\n=== {label}: top ops by self CUDA time ===")
