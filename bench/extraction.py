@@ -192,7 +192,9 @@ def run_batches(extractor, images, questions, responses, size: int):
     return outputs
 
 
-def bench_extraction(args, model, processor, images, response, meter):
+def bench_extraction(args, model, processor, images, response, meter, report):
+    """The extraction rows: the reference, then ours eager and (with `--compile-teacher`) compiled; `report(info,
+    rows)` after each variant, so that a run stopped during compilation still shows the eager rows."""
     settings = ExtractionSettings(methods=tuple(args.methods))
     eager = TeacherExtractor(model, processor, settings)
     questions = [f"{QUESTION} ({i})" for i in range(len(images))]
@@ -216,12 +218,13 @@ def bench_extraction(args, model, processor, images, response, meter):
     # Ours runs the teacher as `lavit extract` loads it: the vision tower's windows in one sdpa call per layer.
     if eager.family.packed_vision:
         use_packed_vision_attention(model)
-    variants = {"eager": eager}
-    if args.compile_teacher:  # compiles the blocks in place: after every eager row
-        variants["compiled"] = lambda: TeacherExtractor(model, processor, settings, compile_blocks=True)
-    outputs, diffs = {}, {}
-    for variant, extractor in variants.items():
-        extractor = extractor if isinstance(extractor, TeacherExtractor) else extractor()
+    info = {"tokens": inputs["input_ids"].shape[1], "image_tokens": len(positions),
+            "response_tokens": sample.span[1] - sample.span[0], "weights_gib": weights / 2**30,
+            "layers": eager.layers, "diffs": {}}
+    outputs, diffs = {}, info["diffs"]
+    for variant in ("eager", "compiled") if args.compile_teacher else ("eager",):
+        # Compiling changes the blocks in place: after every eager row.
+        extractor = eager if variant == "eager" else TeacherExtractor(model, processor, settings, compile_blocks=True)
         for size in (1, *args.batch_sizes):
             outputs[variant, size], seconds, peak, act = meter(
                 lambda e=extractor, size=size: run_batches(e, images, questions, responses, size), args.repeats
@@ -233,15 +236,12 @@ def bench_extraction(args, model, processor, images, response, meter):
             diffs[f"ours {variant} batched {size} vs {variant} 1 per forward"] = output_differences(
                 outputs[variant, size], outputs[variant, 1]
             )
-    if args.compile_teacher:
-        for size in (1, *args.batch_sizes):
-            diffs[f"ours compiled vs eager, {size} per forward"] = output_differences(
-                outputs["compiled", size], outputs["eager", size]
-            )
-    info = {"tokens": inputs["input_ids"].shape[1], "image_tokens": len(positions),
-            "response_tokens": sample.span[1] - sample.span[0], "weights_gib": weights / 2**30,
-            "layers": eager.layers, "diffs": diffs}
-    return info, rows
+        if variant == "compiled":
+            for size in (1, *args.batch_sizes):
+                diffs[f"ours compiled vs eager, {size} per forward"] = output_differences(
+                    outputs["compiled", size], outputs["eager", size]
+                )
+        report(info, rows)
 
 
 def bench_generation(args, model, processor, image, meter):
@@ -526,14 +526,17 @@ def main(args: argparse.Namespace) -> None:
         profile(args, model, processor, images, response)
         print(f"(total {time.perf_counter() - start:.0f} s)")
         return
-    info, rows = bench_extraction(args, model, processor, images, response, meter)
-    print(f"shape {args.shape}, device {args.device}, {info['tokens']} tokens ({info['image_tokens']} image, "
-          f"{info['response_tokens']} response), weights {info['weights_gib']:.2f} GiB, layers {info['layers']}, "
-          f"{len(images)} samples per row")
-    for name, (traj, vtop) in info["diffs"].items():
-        print(f"{name}: max |trajectory diff| {traj:.2e}, max |V_top diff| / max |V_top| {vtop:.2e}")
-    print_extraction_table(f"Trajectories ({', '.join(args.methods)}) + V_top", rows)
-    print(f"(extraction done at {time.perf_counter() - start:.0f} s)")
+
+    def report(info, rows):
+        print(f"\nshape {args.shape}, device {args.device}, {info['tokens']} tokens ({info['image_tokens']} image, "
+              f"{info['response_tokens']} response), weights {info['weights_gib']:.2f} GiB, layers "
+              f"{info['layers']}, {len(images)} samples per row")
+        for name, (traj, vtop) in info["diffs"].items():
+            print(f"{name}: max |trajectory diff| {traj:.2e}, max |V_top diff| / max |V_top| {vtop:.2e}")
+        print_extraction_table(f"Trajectories ({', '.join(args.methods)}) + V_top", rows)
+        print(f"(at {time.perf_counter() - start:.0f} s)")
+
+    bench_extraction(args, model, processor, images, response, meter, report)
     if args.gen_caches:
         small = images[0].resize((args.gen_image_side, args.gen_image_side))
         gen_rows, notes = bench_generation(args, model, processor, small, meter)
