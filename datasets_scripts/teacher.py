@@ -41,6 +41,7 @@ import inspect
 import logging
 import math
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -650,6 +651,7 @@ class TeacherExtractor:
             raise ValueError(f"attention_layers {requested}: the teacher has {n_layers} layers.")
         self.layers = sorted({layer % n_layers for layer in requested})
         self.methods = [TRAJECTORY_METHODS[name] for name in settings.methods]
+        self._tokenizer_lock = threading.Lock()  # `extract_batches` encodes in a second thread
         if compile_blocks:
             compile_repeated_blocks(model, **(compile_options or {}))
         layer_types = getattr(model.config.get_text_config(), "layer_types", None) or []
@@ -673,20 +675,22 @@ class TeacherExtractor:
     def generate(self, images: list[Image.Image], questions: list[str]) -> list[str]:
         """The teacher's responses to a batch of prompts (left padding), stripped of surrounding whitespace."""
         tokenizer = self.processor.tokenizer
-        side, tokenizer.padding_side = tokenizer.padding_side, "left"
-        try:
-            texts = [render_prompt(self.processor, q) for q in questions]
-            # One image list per prompt: some processors (Gemma 3's) read a flat list as all images of one prompt.
-            per_prompt = [[image] for image in images]
-            enc = self.processor(text=texts, images=per_prompt, padding=True, return_tensors="pt").to(self.device)
-            # A dynamic or static cache runs compiled blocks eagerly: each decoding step would otherwise recompile
-            # them for its cache (`compiled` compiles the whole step instead).
-            eager = self.generation.cache != "compiled"
-            with torch.no_grad(), torch.compiler.set_stance("force_eager") if eager else contextlib.nullcontext():
-                kwargs = self.generation.generate_kwargs()
-                out = self.model.generate(**enc, **kwargs, pad_token_id=tokenizer.pad_token_id)
-        finally:
-            tokenizer.padding_side = side
+        with self._tokenizer_lock:
+            side, tokenizer.padding_side = tokenizer.padding_side, "left"
+            try:
+                texts = [render_prompt(self.processor, q) for q in questions]
+                # One image list per prompt: some processors (Gemma 3's) read a flat list as all images of one prompt.
+                per_prompt = [[image] for image in images]
+                enc = self.processor(text=texts, images=per_prompt, padding=True, return_tensors="pt")
+            finally:
+                tokenizer.padding_side = side
+        enc = enc.to(self.device)
+        # A dynamic or static cache runs compiled blocks eagerly: each decoding step would otherwise recompile them
+        # for its cache (`compiled` compiles the whole step instead).
+        eager = self.generation.cache != "compiled"
+        with torch.no_grad(), torch.compiler.set_stance("force_eager") if eager else contextlib.nullcontext():
+            kwargs = self.generation.generate_kwargs()
+            out = self.model.generate(**enc, **kwargs, pad_token_id=tokenizer.pad_token_id)
         new = out[:, enc["input_ids"].shape[1] :]
         return [text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
 
@@ -840,7 +844,8 @@ class TeacherExtractor:
                 yield outputs
 
     def _encode(self, images: list[Image.Image], questions: list[str], responses: list[str]) -> EncodedBatch:
-        with torch.profiler.record_function("lavit_encode"):
+        # One thread at a time: the tokenizer's padding side and padding settings are shared state.
+        with self._tokenizer_lock, torch.profiler.record_function("lavit_encode"):
             return self.encode_batch(images, questions, responses)
 
     def _forward(
