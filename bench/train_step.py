@@ -1,8 +1,8 @@
 """Training-step benchmark: LaViT stages 0, 1 and 2 against a plain Qwen2.5-VL fine-tuning step on the same inputs.
 
     python bench/train_step.py --shape 3b --device cuda --batch_size 1 4   # the GPU default recipe (random 3B weights)
-    python bench/train_step.py --shape 3b --device cuda --batch_size 4 --dtype bfloat16 --no_checkpointing
-                                                                           # bf16 weights, Kahan-compensated AdamW
+    python bench/train_step.py --shape 3b --device cuda --batch_size 4 --recipe bf16_kahan
+                                       # bf16 weights, Kahan-compensated AdamW, no checkpointing, compiled blocks
     python bench/train_step.py --shape 3b --device cuda --batch_size 4 --mixed_batches 12
                                                                            # mixed image sizes, grouped or not
     python bench/train_step.py --shape 3b --device cuda --batch_size 1 4 --dtype bfloat16 --peft qlora --stages 1 2
@@ -13,7 +13,10 @@
 Recipes. The default on CUDA is `lavit train`'s default there: float32 master weights under bf16 autocast,
 activation checkpointing, every decoder layer and vision block compiled (`torch_compile`, on by default on a GPU).
 `--dtype bfloat16` gives bf16 weights; the optimiser is then the trainer's Kahan-compensated AdamW, so both recipes
-apply every update (docs/pitfalls.md, Numerics and resolution) and are training speeds. The optimiser of every row, the
+apply every update (docs/pitfalls.md, Numerics and resolution) and are training speeds. `--recipe NAME` sets `--dtype`,
+`--no_checkpointing` and `--compile` as `lavit train --speed_recipe NAME` sets the trainer's fields (one definition:
+`trainer.configuration.SPEED_RECIPES`; `bf16_kahan`: bfloat16, no checkpointing, every block compiled); one of those
+flags also given with another value is refused. The optimiser of every row, the
 plain model's included, is the one `LaViTTrainer` builds (`LaViTTrainer.get_optimizer_cls_and_kwargs`, lr 5e-6, weight
 decay 0.1).
 
@@ -62,6 +65,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from shapes import shape_config  # noqa: E402
+
+from trainer.configuration import SPEED_RECIPES  # noqa: E402
 
 
 logger = logging.getLogger(__name__)
@@ -158,7 +163,7 @@ def build_model(
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if compile_blocks != "none":  # what `LaViTTrainer` does under `torch_compile=True`
-        from trainer.lavit_trainer import compile_repeated_blocks
+        from lavit_hf.compilation import compile_repeated_blocks
 
         compile_repeated_blocks(model, vision=compile_blocks == "all")
     return model.train()
@@ -466,7 +471,8 @@ def _profile_variant(model, optimizer, batch: dict, label: str, args, dtype) -> 
         synchronize()
         wall = time.perf_counter() - start
     averages = prof.key_averages()
-    on_device = [e for e in averages if e.device_type == DeviceType.CUDA]  # kernels, copies, memsets
+    # Kernels, copies, memsets; not the GPU spans of `record_function` ranges, which cover kernels counted here.
+    on_device = [e for e in averages if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
     kernel_s = sum(e.self_device_time_total for e in on_device) / 1e6
     kernels = sum(e.count for e in on_device)
     print(f"\n=== {label}: top ops by self CUDA time ===")
@@ -514,13 +520,17 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny", help="model shape (3b: Qwen2.5-VL-3B)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch_size", type=int, nargs="+", default=[1], help="batch sizes to measure")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+    parser.add_argument("--recipe", choices=list(SPEED_RECIPES), default="default",
+                        help="a speed recipe of lavit train --speed_recipe: sets --dtype, --no_checkpointing and "
+                        "--compile as the trainer sets its fields (bf16_kahan: bfloat16, no checkpointing, all)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                         help="weight dtype: float32 runs under bf16 autocast (the default recipe); bfloat16 trains "
-                        "with the trainer's Kahan-compensated AdamW")
+                        "with the trainer's Kahan-compensated AdamW (default: float32, or the recipe's)")
     parser.add_argument("--stages", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 2 on CUDA, 1 on CPU)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 3 on CUDA, 1 on CPU)")
-    parser.add_argument("--no_checkpointing", action="store_true", help="disable activation checkpointing")
+    parser.add_argument("--no_checkpointing", action="store_true", default=None,
+                        help="disable activation checkpointing (default: on, or the recipe's)")
     parser.add_argument("--vision_attention", choices=["packed", "loop"], default="packed",
                         help="vision tower attention: one sdpa call per layer (as LaViTTrainer sets) or one per "
                         "window")
@@ -529,8 +539,8 @@ def make_parser() -> argparse.ArgumentParser:
                         "mask); the plain model stays on sdpa")
     parser.add_argument("--compile", choices=["none", "language", "all"], default=None,
                         help="torch.compile each decoder layer (language) and each vision block too (all) of both "
-                        "models in place, as LaViTTrainer does under torch_compile=True (default: all on CUDA, as "
-                        "`lavit train` there; none on the CPU)")
+                        "models in place, as LaViTTrainer does under torch_compile=True (default: the recipe's, else "
+                        "all on CUDA, as `lavit train` there; none on the CPU)")
     parser.add_argument("--peft", choices=["none", "lora", "qlora"], default="none",
                         help="train the LaViT student as a LoRA adapter (qlora: on a 4-bit base), through lavit "
                         "train's loading path; the plain row stays a full fine-tuning step")
@@ -552,6 +562,32 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def apply_recipe(args: argparse.Namespace) -> None:
+    """Set `--dtype`, `--no_checkpointing` and `--compile` from `--recipe` as `LaViTTrainingArguments` sets its fields
+    from `speed_recipe` (the same `SPEED_RECIPES`), refusing one of those flags given with another value by name; then
+    the defaults of the flags left unset."""
+    to_flags = {
+        "model_dtype": lambda value: ("dtype", value),
+        "activation_checkpointing": lambda value: ("no_checkpointing", not value),
+        "torch_compile": lambda value: ("compile", "all" if value else "none"),
+    }
+    recipe = SPEED_RECIPES[args.recipe]
+    unknown = sorted(set(recipe) - set(to_flags))
+    if unknown:
+        raise SystemExit(f"--recipe {args.recipe} sets {unknown}, which this bench has no flag for.")
+    flags = dict(to_flags[name](value) for name, value in recipe.items())
+    conflicts = [
+        f"--{flag} {getattr(args, flag)}" for flag, value in flags.items() if getattr(args, flag) not in (None, value)
+    ]
+    if conflicts:
+        raise SystemExit(f"--recipe {args.recipe} sets {flags}; it conflicts with {', '.join(conflicts)}.")
+    for flag, value in flags.items():
+        setattr(args, flag, value)
+    args.dtype = args.dtype or "float32"
+    args.no_checkpointing = bool(args.no_checkpointing)
+    args.compile = args.compile or ("all" if args.device.startswith("cuda") else "none")
+
+
 def main(argv: list[str] | None = None) -> None:
     from lavit_hf import add_latent_tokens, build_qwen2_5_vl_processor
 
@@ -561,7 +597,7 @@ def main(argv: list[str] | None = None) -> None:
     peak_tflops = args.peak_tflops or (989.0 if on_cuda else None)
     args.warmup = args.warmup if args.warmup is not None else (2 if on_cuda else 1)
     args.steps = args.steps if args.steps is not None else (3 if on_cuda else 1)
-    args.compile = args.compile or ("all" if on_cuda else "none")
+    apply_recipe(args)
     dtype = getattr(torch, args.dtype)
     if args.profile:
         profile(args, dtype)
@@ -577,8 +613,8 @@ def main(argv: list[str] | None = None) -> None:
         results += measure("lavit", args.stages, batches, args, processor, dtype)
         width, height = SHAPES[args.shape][0][-1]
         print(
-            f"\nshape={args.shape} device={args.device} batch_size={batch_size} dtype={args.dtype} "
-            f"checkpointing={not args.no_checkpointing} vision_attention={args.vision_attention} "
+            f"\nshape={args.shape} device={args.device} batch_size={batch_size} recipe={args.recipe} "
+            f"dtype={args.dtype} checkpointing={not args.no_checkpointing} vision_attention={args.vision_attention} "
             f"grad_accum={args.grad_accum} compile={args.compile} text_attention={args.text_attention} "
             f"mixed_batches={args.mixed_batches} peft={args.peft}; FLOPs/step = 6 * N_params(all) * tokens"
         )
@@ -589,4 +625,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["main", "make_parser"]
+__all__ = ["apply_recipe", "main", "make_parser"]

@@ -34,23 +34,27 @@ tokens form one known 2-D grid per image. A family whose grid cannot be known (t
 refused by name, with the reason (`UNKNOWN_GRID_FAMILIES`).
 """
 
+import concurrent.futures
 import contextlib
 import contextvars
 import inspect
 import logging
 import math
 import re
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from PIL import Image
+from torch.nn.utils.rnn import pad_sequence
 from transformers import AttentionInterface, AttentionMaskInterface, CompileConfig, PretrainedConfig
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
 from lavit_hf import schema
+from lavit_hf.compilation import compile_repeated_blocks
 from lavit_hf.layout import merged_grids, render_prompt
 
 
@@ -322,23 +326,28 @@ CAPTURE_ATTENTION = "lavit_trajectory_sdpa"
 _ACTIVE_CAPTURE: contextvars.ContextVar["AttentionRowCapture | None"] = contextvars.ContextVar(
     "lavit_attention_capture", default=None
 )
+# Set on the attention modules of the selected layers while `capturing_attention` runs: a plain attribute, so that
+# under torch.compile the layers that are read and those that are not each get a graph of their own.
+_CAPTURED_MODULE = "_lavit_captured_attention"
 
 
 class AttentionRowCapture:
-    """The response rows' attention over the image tokens, read from the attention function's own inputs, for each
-    sample of a batch.
+    """The response rows' attention over the image tokens, read from the attention function's own inputs, for all the
+    samples of a batch at once.
 
     For each selected attention module (a decoder layer's self-attention), `observe` receives the query and key
     tensors exactly as the attention function does (after the family's projections, q/k norms and RoPE), the layer's
-    mask in sdpa's format and its scaling; for each sample it softmaxes the response rows' scores over the keys of its
-    real tokens in float32 (its row's right padding left out, as the mask leaves it out) and keeps the mean over heads
-    of the weights on its image tokens. Memory: `rows x S x heads` per chunk of `row_chunk` rows, never `S x S`.
+    mask in sdpa's format and its scaling. It softmaxes the response rows' scores over each sample's real keys in
+    float32 (the row's right padding left out, as the mask leaves it out), averages the weights over the heads and
+    adds those on the image tokens to a running sum over the layers. Every sample is scored in the same kernels (rows
+    and image positions padded to the longest sample's; `mean` drops the padding), with no host sync. Memory:
+    `row_chunk x S x heads` floats per chunk, never `S x S`.
 
     Args:
         modules (`dict[torch.nn.Module, int]`): the attention modules to read, mapped to their layer index.
         rows (`list[torch.LongTensor]`): per sample, the response positions in its row.
         image_positions (`list[torch.LongTensor]`): per sample, the image-token positions in its row.
-        row_chunk (`int`): rows scored at once.
+        row_chunk (`int`): rows scored at once, over all the samples.
         lengths (`list[int]`, *optional*): per sample, the real tokens at the start of its row (right padding
             follows). Defaults to the whole row.
     """
@@ -353,12 +362,18 @@ class AttentionRowCapture:
     ):
         if len(rows) != len(image_positions) or (lengths is not None and len(lengths) != len(rows)):
             raise ValueError("rows, image_positions and lengths must hold one entry per sample.")
+        if not rows:
+            raise ValueError("the attention capture needs at least one sample.")
         self.modules = modules
-        self.rows = rows
-        self.image_positions = image_positions
-        self.row_chunk = row_chunk
-        self.lengths = lengths
-        self.per_layer: dict[int, list[torch.Tensor]] = {}
+        self.row_counts = [len(sample_rows) for sample_rows in rows]
+        self.image_counts = [len(positions) for positions in image_positions]
+        # Padded with position 0, a real token of every row (the padding of a batch is on the right).
+        self.rows = pad_sequence([r.long().cpu() for r in rows], batch_first=True)
+        self.image_positions = pad_sequence([p.long().cpu() for p in image_positions], batch_first=True)
+        self.lengths = None if lengths is None else torch.tensor(lengths)
+        self.rows_per_chunk = max(1, row_chunk // len(rows))
+        self.observed: list[int] = []
+        self.total: torch.Tensor | None = None
 
     def observe(
         self,
@@ -369,55 +384,88 @@ class AttentionRowCapture:
         scaling: float | None,
         is_causal: bool,
     ) -> None:
+        """Add the head-averaged weights of `module`'s layer (if selected) to the running sum."""
         layer = self.modules.get(module)
         if layer is None:
             return
-        if query.shape[2] != key.shape[2]:
+        batch, heads, length, head_dim = query.shape
+        if key.shape[2] != length:
             raise TeacherError("the attention capture reads a whole sequence without a cache")
-        if query.shape[0] != len(self.rows):
-            raise TeacherError(f"the attention capture expects {len(self.rows)} sample(s), not {query.shape[0]}")
+        if batch != len(self.row_counts):
+            raise TeacherError(f"the attention capture expects {len(self.row_counts)} sample(s), not {batch}")
+        if layer in self.observed:
+            raise TeacherError(f"the attention capture saw layer {layer} twice in one forward")
+        self.observed.append(layer)
+        device = query.device
+        if self.rows.device != device:
+            self.rows, self.image_positions = self.rows.to(device), self.image_positions.to(device)
+            self.lengths = None if self.lengths is None else self.lengths.to(device)
         with torch.no_grad():
-            scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-            per_sample = []
-            for sample, (rows, image_positions) in enumerate(zip(self.rows, self.image_positions, strict=True)):
-                length = key.shape[2] if self.lengths is None else self.lengths[sample]
-                keys = key[sample : sample + 1, :, :length].detach().float()
-                keys = keys.repeat_interleave(query.shape[1] // key.shape[1], dim=1)
-                mask = None
-                if attention_mask is not None:  # a mask broadcast over the batch has a batch dimension of 1
-                    row = sample if attention_mask.shape[0] > 1 else 0
-                    mask = attention_mask[row : row + 1, ..., :length]
-                chunks = [
-                    self._rows(query[sample : sample + 1], keys, mask, scale, is_causal, chunk, image_positions)
-                    for chunk in rows.split(self.row_chunk)
-                ]
-                per_sample.append(torch.cat(chunks))
-        self.per_layer[layer] = per_sample
+            scale = scaling if scaling is not None else head_dim**-0.5
+            # [B, kv_heads, 1, d, S]: key head h serves query heads h * groups ... (h + 1) * groups - 1 (repeat_kv)
+            keys = key.detach().float().transpose(2, 3).unsqueeze(2)
+            real_keys = torch.arange(length, device=device)[None, :]
+            real_keys = real_keys < (length if self.lengths is None else self.lengths[:, None])
+            if attention_mask is not None:
+                attention_mask = attention_mask[..., :length]
+            if self.total is None:
+                self.total = torch.zeros(self.rows.shape + self.image_positions.shape[1:], device=device)
+            for first in range(0, self.rows.shape[1], self.rows_per_chunk):
+                rows = self.rows[:, first : first + self.rows_per_chunk]
+                weights = self._weights(query, keys, attention_mask, real_keys, scale, is_causal, rows)
+                index = self.image_positions[:, None, :].expand(-1, rows.shape[1], -1)
+                self.total[:, first : first + rows.shape[1]] += weights.gather(2, index)
 
     @staticmethod
-    def _rows(query, keys, attention_mask, scale, is_causal, rows, image_positions):
-        scores = torch.matmul(query[:, :, rows].detach().float(), keys.transpose(2, 3)) * scale
+    def _weights(query, keys, attention_mask, real_keys, scale, is_causal, rows) -> torch.Tensor:
+        """`[B, rows, S]`: the head-averaged float32 attention weights of `rows` (`[B, rows]`, per sample)."""
+        batch, heads, length, head_dim = query.shape
+        kv_heads = keys.shape[1]
+        index = rows[:, None, :, None].expand(batch, heads, rows.shape[1], head_dim)
+        picked = query.detach().gather(2, index).float()
+        scores = torch.matmul(picked.view(batch, kv_heads, heads // kv_heads, rows.shape[1], head_dim), keys)
+        scores = scores.view(batch, heads, rows.shape[1], length) * scale
+        allowed = real_keys[:, None, None, :]
         if attention_mask is None:  # sdpa's own rule for a missing mask: causal, or nothing
             if is_causal:
-                future = torch.arange(keys.shape[2], device=rows.device)[None, :] > rows[:, None]
-                scores = scores.masked_fill(future, float("-inf"))
-        elif attention_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attention_mask[:, :, rows], float("-inf"))
-        else:
-            scores = scores + attention_mask[:, :, rows].float()
-        weights = scores.softmax(-1)
-        return weights[0][:, :, image_positions].mean(0)
+                allowed = allowed & (torch.arange(length, device=rows.device) <= rows[:, None, :, None])
+        else:  # the mask's rows of each sample (a mask broadcast over the batch has a batch dimension of 1)
+            samples = torch.arange(batch, device=rows.device) if attention_mask.shape[0] > 1 else rows.new_zeros(batch)
+            mask_rows = attention_mask[samples[:, None], :, rows].transpose(1, 2)  # [B, mask heads, rows, S]
+            if mask_rows.dtype == torch.bool:
+                allowed = allowed & mask_rows
+            else:
+                scores = scores + mask_rows.float()
+        return scores.masked_fill(~allowed, float("-inf")).softmax(-1).mean(1)
 
     def mean(self) -> list[torch.Tensor]:
-        """Per sample, `[rows, n_image]`: the mean over the selected layers of the head-averaged weights."""
-        missing = sorted(set(self.modules.values()) - set(self.per_layer))
+        """Per sample, `[rows, n_image]` on the CPU: the mean over the selected layers of the head-averaged weights
+        (one copy from the device for the whole batch)."""
+        missing = sorted(set(self.modules.values()) - set(self.observed))
         if missing:
             raise TeacherError(f"the attention capture saw no attention call in layers {missing}")
-        layers = sorted(self.per_layer)
+        average = (self.total / len(self.observed)).cpu()
         return [
-            torch.stack([self.per_layer[layer][sample] for layer in layers]).mean(0)
-            for sample in range(len(self.rows))
+            average[sample, :rows, :images]
+            for sample, (rows, images) in enumerate(zip(self.row_counts, self.image_counts, strict=True))
         ]
+
+
+@torch.compiler.disable
+def _observe_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None,
+    is_causal: bool,
+) -> None:
+    """Hand a selected layer's attention inputs to the active capture. Always eager: in a compiled layer the graph
+    breaks here, and the capture reads the real tensors of this forward."""
+    capture = _ACTIVE_CAPTURE.get()
+    if capture is not None:
+        with torch.profiler.record_function("lavit_attention_capture"):
+            capture.observe(module, query, key, attention_mask, scaling, is_causal)
 
 
 def capturing_sdpa_attention(
@@ -430,11 +478,10 @@ def capturing_sdpa_attention(
     is_causal: bool | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """sdpa attention that also hands its inputs to the active `AttentionRowCapture` (if any)."""
-    capture = _ACTIVE_CAPTURE.get()
-    if capture is not None:
+    """sdpa attention that also hands its inputs to the active `AttentionRowCapture` on the layers it reads."""
+    if getattr(module, _CAPTURED_MODULE, False):
         causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-        capture.observe(module, query, key, attention_mask, scaling, causal)
+        _observe_attention(module, query, key, attention_mask, scaling, causal)
     return sdpa_attention_forward(
         module, query, key, value, attention_mask, scaling=scaling, is_causal=is_causal, **kwargs
     )
@@ -450,9 +497,13 @@ def capturing_attention(model: torch.nn.Module, capture: AttentionRowCapture) ->
     previous = model.config.get_text_config()._attn_implementation
     model.set_attn_implementation({"text_config": CAPTURE_ATTENTION})
     token = _ACTIVE_CAPTURE.set(capture)
+    for module in capture.modules:
+        setattr(module, _CAPTURED_MODULE, True)
     try:
         yield
     finally:
+        for module in capture.modules:
+            delattr(module, _CAPTURED_MODULE)
         _ACTIVE_CAPTURE.reset(token)
         model.set_attn_implementation({"text_config": previous})
 
@@ -541,7 +592,8 @@ register_trajectory_method(
 
 class TeacherExtractor:
     """Runs a teacher of any supported family (`TEACHER_FAMILIES`) over samples: batched generation, then one forward
-    per batch of samples (`extract_batch`; `extract` for one) for V_top and the trajectories.
+    per batch of samples (`extract_batch`; `extract` for one; `extract_batches` for a sequence of batches, each encoded
+    while the teacher runs the one before) for V_top and the trajectories.
 
     Args:
         model (`PreTrainedModel`): the teacher, an image-text-to-text model of a supported family, any attention
@@ -550,6 +602,14 @@ class TeacherExtractor:
             teacher's resolution.
         settings (`ExtractionSettings`): what to extract.
         generation (`GenerationSettings`, *optional*): how the teacher answers.
+        compile_blocks (`bool`, *optional*, defaults to `False`): compile each decoder layer and vision block of the
+            teacher in place for the extraction forward (`lavit_hf.compilation.compile_repeated_blocks`): the same
+            values up to the kernels' rounding, faster on a GPU. The attention capture and the V_top hook run
+            eagerly between the compiled graphs. The gradient method's language-model forward and backward run the
+            blocks eagerly (its batched backward cannot run compiled graphs), as does generation with a `dynamic` or
+            `static` cache (`compiled` compiles each decoding step itself).
+        compile_options (`dict`, *optional*): keyword arguments of `torch.compile` for `compile_blocks` (`backend`,
+            `mode`, ...).
 
     Example:
 
@@ -566,7 +626,15 @@ class TeacherExtractor:
     ```
     """
 
-    def __init__(self, model, processor, settings: ExtractionSettings, generation: GenerationSettings | None = None):
+    def __init__(
+        self,
+        model,
+        processor,
+        settings: ExtractionSettings,
+        generation: GenerationSettings | None = None,
+        compile_blocks: bool = False,
+        compile_options: dict[str, Any] | None = None,
+    ):
         self.family = teacher_family(model.config.model_type)
         if self.family.check_processor is not None:
             self.family.check_processor(processor)
@@ -583,6 +651,9 @@ class TeacherExtractor:
             raise ValueError(f"attention_layers {requested}: the teacher has {n_layers} layers.")
         self.layers = sorted({layer % n_layers for layer in requested})
         self.methods = [TRAJECTORY_METHODS[name] for name in settings.methods]
+        self._tokenizer_lock = threading.Lock()  # `extract_batches` encodes in a second thread
+        if compile_blocks:
+            compile_repeated_blocks(model, **(compile_options or {}))
         layer_types = getattr(model.config.get_text_config(), "layer_types", None) or []
         if self.generation.cache == "compiled" and "sliding_attention" in layer_types:
             logger.warning(
@@ -604,17 +675,22 @@ class TeacherExtractor:
     def generate(self, images: list[Image.Image], questions: list[str]) -> list[str]:
         """The teacher's responses to a batch of prompts (left padding), stripped of surrounding whitespace."""
         tokenizer = self.processor.tokenizer
-        side, tokenizer.padding_side = tokenizer.padding_side, "left"
-        try:
-            texts = [render_prompt(self.processor, q) for q in questions]
-            # One image list per prompt: some processors (Gemma 3's) read a flat list as all images of one prompt.
-            per_prompt = [[image] for image in images]
-            enc = self.processor(text=texts, images=per_prompt, padding=True, return_tensors="pt").to(self.device)
-            with torch.no_grad():
-                kwargs = self.generation.generate_kwargs()
-                out = self.model.generate(**enc, **kwargs, pad_token_id=tokenizer.pad_token_id)
-        finally:
-            tokenizer.padding_side = side
+        with self._tokenizer_lock:
+            side, tokenizer.padding_side = tokenizer.padding_side, "left"
+            try:
+                texts = [render_prompt(self.processor, q) for q in questions]
+                # One image list per prompt: some processors (Gemma 3's) read a flat list as all images of one prompt.
+                per_prompt = [[image] for image in images]
+                enc = self.processor(text=texts, images=per_prompt, padding=True, return_tensors="pt")
+            finally:
+                tokenizer.padding_side = side
+        enc = enc.to(self.device)
+        # A dynamic or static cache runs compiled blocks eagerly: each decoding step would otherwise recompile them
+        # for its cache (`compiled` compiles the whole step instead).
+        eager = self.generation.cache != "compiled"
+        with torch.no_grad(), torch.compiler.set_stance("force_eager") if eager else contextlib.nullcontext():
+            kwargs = self.generation.generate_kwargs()
+            out = self.model.generate(**enc, **kwargs, pad_token_id=tokenizer.pad_token_id)
         new = out[:, enc["input_ids"].shape[1] :]
         return [text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
 
@@ -673,7 +749,11 @@ class TeacherExtractor:
         return self.extract_batch([image], [question], [response])[0]
 
     def extract_batch(
-        self, images: list[Image.Image], questions: list[str], responses: list[str]
+        self,
+        images: list[Image.Image],
+        questions: list[str],
+        responses: list[str],
+        encoded: EncodedBatch | None = None,
     ) -> list[TeacherOutput]:
         """V_top and the trajectories of several samples from one forward pass over their right-padded batch.
 
@@ -681,23 +761,33 @@ class TeacherExtractor:
         tokens (no real token attends to it), the model derives its positions from the attention mask, the V_top hook
         and the attention capture read its own positions, and its gradients come from cotangents on its own tokens.
         Raises `TeacherError` (or `ValueError`) if any sample cannot be processed; `extract` it alone to find which.
+
+        Args:
+            images, questions, responses: the samples.
+            encoded (`EncodedBatch`, *optional*): `encode_batch` of the samples, when it was done already.
         """
-        batch = self.encode_batch(images, questions, responses)
+        batch = encoded if encoded is not None else self._encode(images, questions, responses)
         samples = batch.samples
         steps = [split_steps(r, s.offsets, self.settings.split_steps) for r, s in zip(responses, samples, strict=True)]
         inputs = {k: v.to(self.device) for k, v in batch.inputs.items()}
-        positions = [sample.image_positions.to(self.device) for sample in samples]
         capture = None
         if any(method.captures_attention for method in self.methods):
             modules = {self.decoder_layers[layer].self_attn: layer for layer in self.layers}
-            rows = [torch.arange(*sample.span, device=self.device) for sample in samples]
+            rows = [torch.arange(*sample.span) for sample in samples]
+            positions = [sample.image_positions for sample in samples]
             lengths = [sample.length for sample in samples]
             capture = AttentionRowCapture(modules, rows, positions, self.settings.row_chunk, lengths)
+        # Every sample's image tokens, gathered from the last decoder layer's output in one indexing.
+        image_counts = [len(sample.image_positions) for sample in samples]
+        image_rows = torch.repeat_interleave(torch.arange(len(samples)), torch.tensor(image_counts)).to(self.device)
+        image_columns = torch.cat([sample.image_positions for sample in samples]).to(self.device)
         vtop: list[torch.Tensor] = []
 
+        @torch.compiler.disable  # eager in a compiled layer: it reads this forward's output
         def keep_vtop(module, args, output):
             hidden = output[0] if isinstance(output, tuple) else output
-            vtop.extend(hidden[row, image_positions].detach().float() for row, image_positions in enumerate(positions))
+            with torch.profiler.record_function("lavit_vtop"):
+                vtop.append(hidden[image_rows, image_columns].detach().float())
 
         handle = self.decoder_layers[-1].register_forward_hook(keep_vtop)
         try:
@@ -705,30 +795,64 @@ class TeacherExtractor:
                 forwards = self._forward(inputs, samples, any(method.needs_gradient for method in self.methods))
         finally:
             handle.remove()
+        if len(vtop) != 1:
+            raise TeacherError(f"the last decoder layer ran {len(vtop)} times in one forward")
         if capture is not None:
             for forward, attention in zip(forwards, capture.mean(), strict=True):
                 forward.attention = attention
         outputs = []
         for response, sample, sample_steps, forward, features in zip(
-            responses, samples, steps, forwards, vtop, strict=True
+            responses, samples, steps, forwards, vtop[0].cpu().split(image_counts), strict=True
         ):
             out = TeacherOutput(
-                response, [s[2] for s in sample_steps], sample.span, sample.grid, self.layers, features.cpu(),
+                response, [s[2] for s in sample_steps], sample.span, sample.grid, self.layers, features,
                 self.family.name,
             )
             for method in self.methods:
                 matrix = method.per_token(forward, self.settings)
-                out.trajectories[method.name] = normalise(matrix.mean(0)).cpu()
+                out.trajectories[method.name] = normalise(matrix.mean(0))
                 out.step_trajectories[method.name] = torch.stack(
                     [normalise(matrix[a:b].mean(0)) for a, b, _ in sample_steps]
-                ).cpu()
+                )
             outputs.append(out)
         return outputs
+
+    def extract_batches(
+        self, batches: Iterable[tuple[list[Image.Image], list[str], list[str]]]
+    ) -> Iterator[list[TeacherOutput] | TeacherError | ValueError]:
+        """`extract_batch` of each `(images, questions, responses)` in turn, with the next batch encoded (the
+        processor's work, on the CPU) in a background thread while the teacher runs the current one.
+
+        Yields, per batch and in order, its outputs or the `TeacherError` / `ValueError` it failed with (the batches
+        after it still run); any other error stops the iteration.
+        """
+        batches = iter(batches)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lavit-encode") as pool:
+
+            def encode_next():
+                batch = next(batches, None)
+                return None if batch is None else (batch, pool.submit(self._encode, *batch))
+
+            pending = encode_next()
+            while pending is not None:
+                batch, encoding = pending
+                pending = encode_next()
+                try:
+                    outputs = self.extract_batch(*batch, encoded=encoding.result())
+                except (TeacherError, ValueError) as error:
+                    outputs = error
+                yield outputs
+
+    def _encode(self, images: list[Image.Image], questions: list[str], responses: list[str]) -> EncodedBatch:
+        # One thread at a time: the tokenizer's padding side and padding settings are shared state.
+        with self._tokenizer_lock, torch.profiler.record_function("lavit_encode"):
+            return self.encode_batch(images, questions, responses)
 
     def _forward(
         self, inputs: dict[str, torch.Tensor], samples: list[EncodedSample], with_gradient: bool
     ) -> list[TeacherForward]:
-        """The one forward pass; with `with_gradient`, also each sample's per-token gradient magnitudes `[R, N]`."""
+        """The one forward pass; with `with_gradient`, also each sample's per-token gradient magnitudes `[R, N]` (on
+        the CPU)."""
         if not with_gradient:
             with torch.no_grad():
                 # The base model only: no LM head over the whole sequence (V_top and attention need no logits).
@@ -741,12 +865,17 @@ class TeacherExtractor:
         embeds, features.pooler_output = image_embedding_leaf(features.pooler_output)
         text_inputs = {k: v for k, v in inputs.items() if k != "pixel_values"}
         ids = inputs["input_ids"]
-        with torch.enable_grad():
+        # Compiled blocks run eagerly here: the batched vector-Jacobian products vmap over the backward, which
+        # inductor's compiled backward graphs do not support (the image encoder above, without gradients, is compiled).
+        with torch.enable_grad(), torch.compiler.set_stance("force_eager"):
             hidden = self.model.model(**text_inputs, mm_encoder_outputs={"image": features}, use_cache=False)[0]
-            nlls = [response_nll(self.model.lm_head, hidden[row], ids[row], s.span) for row, s in enumerate(samples)]
-            image_tokens = [len(sample.image_positions) for sample in samples]
-            magnitudes = batched_token_grads(nlls, embeds, image_tokens, self.settings.gradient_batch_size)
-        return [TeacherForward(gradient=magnitude) for magnitude in magnitudes]
+            with torch.profiler.record_function("lavit_gradient_trajectory"):
+                nlls = [
+                    response_nll(self.model.lm_head, hidden[row], ids[row], s.span) for row, s in enumerate(samples)
+                ]
+                image_tokens = [len(sample.image_positions) for sample in samples]
+                magnitudes = batched_token_grads(nlls, embeds, image_tokens, self.settings.gradient_batch_size)
+        return [TeacherForward(gradient=magnitude.cpu()) for magnitude in magnitudes]
 
 
 def image_embedding_leaf(pooler_output: torch.Tensor | tuple[torch.Tensor, ...]):

@@ -85,10 +85,10 @@ def test_a_failing_batch_is_redone_one_sample_at_a_time(source, tmp_path, monkey
     counted and logged, and the other samples are written as one sample per forward writes them."""
     extract_batch = TeacherExtractor.extract_batch
 
-    def refuse_counting(self, images, questions, responses):
+    def refuse_counting(self, images, questions, responses, **kwargs):
         if RECORDS[2][1] in questions:
             raise TeacherError("a degenerate trajectory")
-        return extract_batch(self, images, questions, responses)
+        return extract_batch(self, images, questions, responses, **kwargs)
 
     monkeypatch.setattr(TeacherExtractor, "extract_batch", refuse_counting)
     one = load_rows(extract(source, tiny_teacher_dir, tmp_path / "one", 1))

@@ -3,6 +3,7 @@
 import dataclasses
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import TrainingArguments
@@ -17,6 +18,14 @@ VTOP_SOURCES = ("pooled", "tokens")
 VTOP_NORMALIZATIONS = ("none", "standardize")
 MODEL_DTYPES = ("float32", "bfloat16")
 LONG_SAMPLE_POLICIES = ("skip", "error")
+# The settings each speed recipe fixes (`speed_recipe`; `bench/train_step.py --recipe` times the same ones). `default`
+# fixes none: `model_dtype` float32 under bf16 autocast, activation checkpointing, `torch_compile` on a CUDA run.
+# `bf16_kahan` is the fastest recipe measured that applies every update: bf16 weights (trained with Kahan-compensated
+# AdamW), no activation checkpointing, compiled blocks.
+SPEED_RECIPES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "bf16_kahan": {"model_dtype": "bfloat16", "activation_checkpointing": False, "torch_compile": True},
+}
 # The fields each schedule reads for its steps, peak learning rate and warm-up; the others would be ignored.
 PLAIN_SCHEDULE_FIELDS = ("max_steps", "learning_rate", "warmup_steps")
 STAGE_SCHEDULE_FIELDS = {
@@ -34,6 +43,12 @@ class LaViTTrainingArguments(TrainingArguments):
     Parameters that control the model:
         `model_name_or_path`, `num_latent_tokens`, `model_dtype`, `attn_implementation`, `freeze_vision`,
         `freeze_llm`, `freeze_embeddings`, `license`.
+
+    Parameters that control the speed:
+        `speed_recipe`: `default`, or `bf16_kahan`: one flag for the fastest recipe measured that applies every
+        update (one GPU or DDP; README, Training at scale): `model_dtype="bfloat16"` with Kahan-compensated AdamW,
+        `activation_checkpointing=False` and `torch_compile=True`. A recipe sets those fields; one of them also set
+        to another value is refused with its name.
 
     Parameters that control LoRA / QLoRA (the names of TRL's `ModelConfig`; needs the `peft` extra, QLoRA the `qlora`
     extra and a CUDA device):
@@ -60,15 +75,18 @@ class LaViTTrainingArguments(TrainingArguments):
     >   (docs/pitfalls.md, Trainer).
     > - `bf16=None`, resolved to `True` where a CUDA device supports bfloat16, else `False`.
     > - `torch_compile=None`, resolved to `True` on a single-process or DDP CUDA run, else `False` (see below).
-    > - `activation_checkpointing=True`, with `activation_checkpointing_kwargs={"use_reentrant": False}` (the vision
-    >   tower is frozen, so reentrant checkpointing would see inputs without gradient).
+    > - `model_dtype=None`, resolved to `"float32"` (`"bfloat16"` under `speed_recipe="bf16_kahan"`).
+    > - `activation_checkpointing=None`, resolved to `True` (`False` under `speed_recipe="bf16_kahan"`), with
+    >   `activation_checkpointing_kwargs={"use_reentrant": False}` (the vision tower is frozen, so reentrant
+    >   checkpointing would see inputs without gradient).
     > - `learning_rate=5e-6`, `warmup_steps=0.06` (a ratio), `weight_decay=0.1`.
     > - `per_device_train_batch_size=1`, `gradient_accumulation_steps=16`.
     > - `logging_steps=10`, `prediction_loss_only=True` (evaluation needs the losses, never 152k-wide logits).
     >
-    > `torch_compile=True` compiles each decoder layer and vision block in place (`compile_repeated_blocks`), not
-    > the whole model as `Trainer` would: the image-text merge and the masks are full of host syncs and
-    > data-dependent shapes, and the blocks are where the step's elementwise work fuses.
+    > `torch_compile=True` compiles each decoder layer and vision block in place
+    > (`lavit_hf.compilation.compile_repeated_blocks`), not the whole model as `Trainer` would: the image-text merge
+    > and the masks are full of host syncs and data-dependent shapes, and the blocks are where the step's elementwise
+    > work fuses.
     >
     > Every update is applied: with float32 weights (the default) the optimiser updates float32 master weights
     > under bf16 autocast; with `model_dtype="bfloat16"` plain AdamW would round most updates at the paper's learning
@@ -90,12 +108,12 @@ class LaViTTrainingArguments(TrainingArguments):
         default=4,
         metadata={"help": "K, the number of latent tokens <lvr1>..<lvrK> that start every answer (paper: 4)."},
     )
-    model_dtype: str = field(
-        default="float32",
+    model_dtype: str | None = field(
+        default=None,
         metadata={
             "help": "Dtype of the weights: `float32` (bf16 mixed precision autocasts over them, the reference "
             "recipe) or `bfloat16` (half the weight memory; trained with Kahan-compensated AdamW so that no update "
-            "is rounded away).",
+            "is rounded away); unset: float32, or the speed recipe's.",
             "choices": MODEL_DTYPES,
         },
     )
@@ -162,6 +180,18 @@ class LaViTTrainingArguments(TrainingArguments):
         metadata={
             "help": "License of the trained model, for its card (a Hub license id); unset: the base model's license "
             "when its card on disk has one, else `other`."
+        },
+    )
+
+    # Parameters that control the speed
+    speed_recipe: str = field(
+        default="default",
+        metadata={
+            "help": "`default`: the fields below as set. `bf16_kahan`: the fastest recipe measured that applies every "
+            "update, in one flag: bf16 weights with Kahan-compensated AdamW (model_dtype bfloat16), no activation "
+            "checkpointing, compiled blocks (torch_compile); setting one of those three to another value is an "
+            "error.",
+            "choices": list(SPEED_RECIPES),
         },
     )
 
@@ -313,13 +343,13 @@ class LaViTTrainingArguments(TrainingArguments):
     torch_compile: bool | None = field(
         default=None,
         metadata={
-            "help": "Compile each decoder layer and vision block in place; unset: on for a single-process or DDP "
-            "CUDA run (same numerics, faster steps), off otherwise."
+            "help": "Compile each decoder layer and vision block in place; unset: the speed recipe's, else on for a "
+            "single-process or DDP CUDA run (same numerics, faster steps), off otherwise."
         },
     )
     activation_checkpointing: bool | None = field(
-        default=True,
-        metadata={"help": "Activation (gradient) checkpointing, on by default (reference recipe)."},
+        default=None,
+        metadata={"help": "Activation (gradient) checkpointing; unset: on (reference recipe), or the speed recipe's."},
     )
     activation_checkpointing_kwargs: dict | str | None = field(
         default_factory=lambda: {"use_reentrant": False},
@@ -341,6 +371,7 @@ class LaViTTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        self._apply_speed_recipe()
         if self.bf16 is None:
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
         if self.torch_compile is None:
@@ -355,6 +386,32 @@ class LaViTTrainingArguments(TrainingArguments):
         super().__post_init__()
         if self.remove_unused_columns:
             logger.warning("remove_unused_columns=True: LaViTTrainer keeps the columns its collator reads anyway.")
+
+    def _apply_speed_recipe(self) -> None:
+        """Set the fields of `speed_recipe`, refusing one set to another value by name, then resolve the unset
+        `model_dtype` and `activation_checkpointing` (`torch_compile` is resolved with the device)."""
+        if self.speed_recipe not in SPEED_RECIPES:
+            raise ValueError(f"speed_recipe={self.speed_recipe!r}: expected one of {list(SPEED_RECIPES)}.")
+        if self.activation_checkpointing is None:  # transformers' deprecated spelling, when it is the one given
+            self.activation_checkpointing = self.gradient_checkpointing
+        recipe = SPEED_RECIPES[self.speed_recipe]
+        conflicts = [
+            f"{name}={getattr(self, name)!r}"
+            for name, value in recipe.items()
+            if getattr(self, name) is not None and getattr(self, name) != value
+        ]
+        if conflicts:
+            fixed = ", ".join(f"{name}={value!r}" for name, value in recipe.items())
+            raise ValueError(
+                f"speed_recipe={self.speed_recipe!r} sets {fixed}; it conflicts with {', '.join(conflicts)}: remove "
+                f"{'it' if len(conflicts) == 1 else 'them'}, or use speed_recipe='default' and set each field."
+            )
+        for name, value in recipe.items():
+            setattr(self, name, value)
+        if self.model_dtype is None:
+            self.model_dtype = "float32"
+        if self.activation_checkpointing is None:
+            self.activation_checkpointing = True
 
     def _check_choices(self) -> None:
         for name, choices in (
@@ -454,4 +511,4 @@ class LaViTTrainingArguments(TrainingArguments):
         }
 
 
-__all__ = ["LONG_SAMPLE_POLICIES", "STAGE_SCHEDULES", "LaViTTrainingArguments"]
+__all__ = ["LONG_SAMPLE_POLICIES", "SPEED_RECIPES", "STAGE_SCHEDULES", "LaViTTrainingArguments"]

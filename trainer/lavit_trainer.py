@@ -27,6 +27,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from lavit_hf import schema
 from lavit_hf.attention import use_packed_vision_attention
+from lavit_hf.compilation import compile_repeated_blocks
 from lavit_hf.layout import set_pixel_limits
 from lavit_hf.losses import LOSS_TERMS, LOSS_WEIGHTS, ce_enters_loss, combine_losses, loss_weights
 
@@ -148,8 +149,8 @@ class LaViTTrainer(Trainer):
         elif eval_dataset is not None:
             eval_dataset = self._within_max_length(eval_dataset, data_collator, "eval", args)[0]
         if args.torch_compile:
-            # Regional, in place (see `compile_repeated_blocks`); `_build_accelerator_args` keeps accelerate from
-            # compiling the whole model on top.
+            # Regional, in place (`lavit_hf.compilation.compile_repeated_blocks`); `_build_accelerator_args` keeps
+            # accelerate from compiling the whole model on top.
             compile_repeated_blocks(model, backend=args.torch_compile_backend, mode=args.torch_compile_mode)
         self.stage_history = list(stage_history or [])
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
@@ -410,29 +411,6 @@ class LaViTTrainer(Trainer):
         write_model_card(self, model_name=model_name, dataset_name=dataset_name, tags=tags + self._tag_names)
 
 
-def compile_repeated_blocks(model: nn.Module, vision: bool = True, **compile_kwargs) -> int:
-    """`torch.compile` each decoder layer of the language model (and each vision block with `vision`) in place;
-    returns how many blocks were compiled.
-
-    Regional compilation, as accelerate's `compile_regions` does, but in place and only where it pays: the layers are
-    where a step's elementwise work (RMSNorm, rotary, SwiGLU, residuals) fuses, and one compiled graph serves every
-    layer. The model stays the same object, so its state dict, `save_pretrained` and `set_training_stage` are those of
-    the eager model; the image-text merge, the masks and the heads (host syncs, data-dependent shapes) stay eager
-    rather than breaking a whole-model graph.
-    """
-    inner = base_model_of(getattr(model, "module", model))  # a DDP-wrapped model, a PeftModel
-    blocks = list(inner.model.language_model.layers)
-    if vision:
-        blocks += list(inner.model.visual.blocks)
-    # Both kinds of block run through one code object (`GradientCheckpointingLayer.__call__`), each in a few
-    # variants (grad mode, stage-1 mask or none, static then dynamic lengths): more than dynamo's default limit of 8,
-    # past which the remaining calls would silently run eager.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    for block in blocks:
-        block.compile(**compile_kwargs)
-    return len(blocks)
-
-
 def _unswapped_class(cls: type) -> type:
     """The model class itself when a wrapper swapped it (FSDP2 makes `FSDP<Name>(FSDPModule, <Name>)` in a torch
     module): the first class of the MRO defined outside torch."""
@@ -473,4 +451,4 @@ def repair_remote_code(save_directory: str | os.PathLike, model: nn.Module) -> b
     return True
 
 
-__all__ = ["LaViTTrainer", "compile_repeated_blocks", "repair_remote_code"]
+__all__ = ["LaViTTrainer", "repair_remote_code"]
