@@ -6,7 +6,7 @@ cache.
   `output_attentions=True` (every layer's `[heads, S, S]` weights, and the LM head) for the trajectory, then a second
   forward with `output_hidden_states=True` for V_top; one sample per forward.
 - **ours, eager**: one `sdpa` forward of the base model (no LM head) whose text attention runs through the capturing
-  sdpa (`datasets_scripts.teacher.capturing_sdpa_attention`): on the last 8 layers it scores the response rows against
+  sdpa (`lavit_hf.attention.observed_sdpa_attention`): on the last 8 layers it scores the response rows against
   the queries and keys the attention receives; V_top comes from a hook on the last decoder layer. One sample per
   forward, then `--batch-sizes` samples per forward (`extract_batches`, right-padded; the samples here have equal
   lengths, so there is no padding). Each row includes the processor's work on the samples (`encode_batch`), done for
@@ -70,7 +70,7 @@ from datasets_scripts.teacher import (  # noqa: E402
     normalise,
 )
 from lavit_hf import build_qwen2_5_vl_processor, build_tiny_base
-from lavit_hf.attention import use_packed_vision_attention
+from lavit_hf.attention import OBSERVE_RANGE, use_packed_vision_attention
 
 
 QUESTION = "Which object is closest to the red car, and what colour is it? Explain step by step."
@@ -287,7 +287,7 @@ RANGES = {
     "lavit_encode": "encode (processor)",
     "bench_vision_tower": "vision tower",
     "bench_language_model": "language model",
-    "lavit_attention_capture": "attention capture",
+    OBSERVE_RANGE: "attention capture",
     "lavit_vtop": "V_top hook",
     "lavit_gradient_trajectory": "gradient trajectory",
 }
@@ -416,7 +416,7 @@ def profile_variant(extractor, images, questions, responses, label: str, args) -
     timed = dict(ranges.seconds)
     for split in (timed, range_kernels):  # the language model's range holds the capture's and the hook's
         split["bench_language_model"] = split.get("bench_language_model", 0.0) - sum(
-            split.get(name, 0.0) for name in ("lavit_attention_capture", "lavit_vtop")
+            split.get(name, 0.0) for name in (OBSERVE_RANGE, "lavit_vtop")
         )
     parts = [
         f"{RANGES[name]} {timed[name]:.3f} s"

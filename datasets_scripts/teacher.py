@@ -6,9 +6,10 @@ with outputs equal to one sample per forward up to float rounding: `TeacherExtra
 
 - **V_top**: a forward hook on the last decoder layer keeps its output (before the final norm) at the image-token
   positions.
-- **Attention trajectory**: during extraction the teacher's text attention runs through `capturing_sdpa_attention`,
-  registered with transformers' `AttentionInterface` under `CAPTURE_ATTENTION`. It computes the layer's output with
-  sdpa, as the teacher otherwise would, and, on the selected layers, scores the response rows against every key with
+- **Attention trajectory**: during extraction the teacher's text attention runs through
+  `lavit_hf.attention.observed_sdpa_attention` (`observing_attention`, registered with transformers'
+  `AttentionInterface`). It computes the layer's output with sdpa, as the teacher otherwise would, and, on the
+  selected layers, `AttentionRowCapture` scores the response rows against every key with
   the *same* query and key tensors the attention receives (after the family's q/k norms and RoPE, whatever they are),
   the layer's own scaling and the layer's own mask (causal, padding, sliding window, bidirectional image blocks). The
   rows' float32 softmax is exactly what `eager` attention with `output_attentions=True` gives for those rows, and the
@@ -36,7 +37,6 @@ refused by name, with the reason (`UNKNOWN_GRID_FAMILIES`).
 
 import concurrent.futures
 import contextlib
-import contextvars
 import inspect
 import logging
 import math
@@ -49,11 +49,10 @@ from typing import Any
 import torch
 from PIL import Image
 from torch.nn.utils.rnn import pad_sequence
-from transformers import AttentionInterface, AttentionMaskInterface, CompileConfig, PretrainedConfig
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import sdpa_mask
+from transformers import CompileConfig, PretrainedConfig
 
 from lavit_hf import schema
+from lavit_hf.attention import attention_row_weights, observing_attention
 from lavit_hf.compilation import compile_repeated_blocks
 from lavit_hf.layout import merged_grids, render_prompt
 
@@ -322,15 +321,6 @@ def split_steps(response: str, offsets: list[tuple[int, int]], rule: str) -> lis
 
 # The attention capture -------------------------------------------------------------------------------------------
 
-CAPTURE_ATTENTION = "lavit_trajectory_sdpa"
-_ACTIVE_CAPTURE: contextvars.ContextVar["AttentionRowCapture | None"] = contextvars.ContextVar(
-    "lavit_attention_capture", default=None
-)
-# Set on the attention modules of the selected layers while `capturing_attention` runs: a plain attribute, so that
-# under torch.compile the layers that are read and those that are not each get a graph of their own.
-_CAPTURED_MODULE = "_lavit_captured_attention"
-
-
 class AttentionRowCapture:
     """The response rows' attention over the image tokens, read from the attention function's own inputs, for all the
     samples of a batch at once.
@@ -401,42 +391,17 @@ class AttentionRowCapture:
             self.rows, self.image_positions = self.rows.to(device), self.image_positions.to(device)
             self.lengths = None if self.lengths is None else self.lengths.to(device)
         with torch.no_grad():
-            scale = scaling if scaling is not None else head_dim**-0.5
-            # [B, kv_heads, 1, d, S]: key head h serves query heads h * groups ... (h + 1) * groups - 1 (repeat_kv)
-            keys = key.detach().float().transpose(2, 3).unsqueeze(2)
             real_keys = torch.arange(length, device=device)[None, :]
             real_keys = real_keys < (length if self.lengths is None else self.lengths[:, None])
-            if attention_mask is not None:
-                attention_mask = attention_mask[..., :length]
             if self.total is None:
                 self.total = torch.zeros(self.rows.shape + self.image_positions.shape[1:], device=device)
             for first in range(0, self.rows.shape[1], self.rows_per_chunk):
                 rows = self.rows[:, first : first + self.rows_per_chunk]
-                weights = self._weights(query, keys, attention_mask, real_keys, scale, is_causal, rows)
+                weights = attention_row_weights(
+                    query.detach(), key.detach(), attention_mask, scaling, is_causal, rows, real_keys
+                )
                 index = self.image_positions[:, None, :].expand(-1, rows.shape[1], -1)
                 self.total[:, first : first + rows.shape[1]] += weights.gather(2, index)
-
-    @staticmethod
-    def _weights(query, keys, attention_mask, real_keys, scale, is_causal, rows) -> torch.Tensor:
-        """`[B, rows, S]`: the head-averaged float32 attention weights of `rows` (`[B, rows]`, per sample)."""
-        batch, heads, length, head_dim = query.shape
-        kv_heads = keys.shape[1]
-        index = rows[:, None, :, None].expand(batch, heads, rows.shape[1], head_dim)
-        picked = query.detach().gather(2, index).float()
-        scores = torch.matmul(picked.view(batch, kv_heads, heads // kv_heads, rows.shape[1], head_dim), keys)
-        scores = scores.view(batch, heads, rows.shape[1], length) * scale
-        allowed = real_keys[:, None, None, :]
-        if attention_mask is None:  # sdpa's own rule for a missing mask: causal, or nothing
-            if is_causal:
-                allowed = allowed & (torch.arange(length, device=rows.device) <= rows[:, None, :, None])
-        else:  # the mask's rows of each sample (a mask broadcast over the batch has a batch dimension of 1)
-            samples = torch.arange(batch, device=rows.device) if attention_mask.shape[0] > 1 else rows.new_zeros(batch)
-            mask_rows = attention_mask[samples[:, None], :, rows].transpose(1, 2)  # [B, mask heads, rows, S]
-            if mask_rows.dtype == torch.bool:
-                allowed = allowed & mask_rows
-            else:
-                scores = scores + mask_rows.float()
-        return scores.masked_fill(~allowed, float("-inf")).softmax(-1).mean(1)
 
     def mean(self) -> list[torch.Tensor]:
         """Per sample, `[rows, n_image]` on the CPU: the mean over the selected layers of the head-averaged weights
@@ -449,63 +414,6 @@ class AttentionRowCapture:
             average[sample, :rows, :images]
             for sample, (rows, images) in enumerate(zip(self.row_counts, self.image_counts, strict=True))
         ]
-
-
-@torch.compiler.disable
-def _observe_attention(
-    module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None,
-    is_causal: bool,
-) -> None:
-    """Hand a selected layer's attention inputs to the active capture. Always eager: in a compiled layer the graph
-    breaks here, and the capture reads the real tensors of this forward."""
-    capture = _ACTIVE_CAPTURE.get()
-    if capture is not None:
-        with torch.profiler.record_function("lavit_attention_capture"):
-            capture.observe(module, query, key, attention_mask, scaling, is_causal)
-
-
-def capturing_sdpa_attention(
-    module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    is_causal: bool | None = None,
-    **kwargs,
-) -> tuple[torch.Tensor, None]:
-    """sdpa attention that also hands its inputs to the active `AttentionRowCapture` on the layers it reads."""
-    if getattr(module, _CAPTURED_MODULE, False):
-        causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-        _observe_attention(module, query, key, attention_mask, scaling, causal)
-    return sdpa_attention_forward(
-        module, query, key, value, attention_mask, scaling=scaling, is_causal=is_causal, **kwargs
-    )
-
-
-AttentionInterface.register(CAPTURE_ATTENTION, capturing_sdpa_attention)
-AttentionMaskInterface.register(CAPTURE_ATTENTION, sdpa_mask)
-
-
-@contextlib.contextmanager
-def capturing_attention(model: torch.nn.Module, capture: AttentionRowCapture) -> Iterator[None]:
-    """Run `model`'s text attention through `capturing_sdpa_attention` into `capture`, restoring its implementation."""
-    previous = model.config.get_text_config()._attn_implementation
-    model.set_attn_implementation({"text_config": CAPTURE_ATTENTION})
-    token = _ACTIVE_CAPTURE.set(capture)
-    for module in capture.modules:
-        setattr(module, _CAPTURED_MODULE, True)
-    try:
-        yield
-    finally:
-        for module in capture.modules:
-            delattr(module, _CAPTURED_MODULE)
-        _ACTIVE_CAPTURE.reset(token)
-        model.set_attn_implementation({"text_config": previous})
 
 
 # Trajectory methods ----------------------------------------------------------------------------------------------
@@ -791,7 +699,7 @@ class TeacherExtractor:
 
         handle = self.decoder_layers[-1].register_forward_hook(keep_vtop)
         try:
-            with capturing_attention(self.model, capture) if capture is not None else contextlib.nullcontext():
+            with observing_attention(self.model, capture) if capture is not None else contextlib.nullcontext():
                 forwards = self._forward(inputs, samples, any(method.needs_gradient for method in self.methods))
         finally:
             handle.remove()
@@ -948,7 +856,6 @@ def normalise(weights: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
-    "CAPTURE_ATTENTION",
     "DEFAULT_ATTENTION_LAYERS",
     "GENERATION_CACHES",
     "STEP_SPLITS",
@@ -967,8 +874,6 @@ __all__ = [
     "TeacherOutput",
     "TrajectoryMethod",
     "batched_token_grads",
-    "capturing_attention",
-    "capturing_sdpa_attention",
     "gradient_distributions",
     "image_embedding_leaf",
     "normalise",

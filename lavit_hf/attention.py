@@ -125,11 +125,20 @@ def use_packed_vision_attention(model: nn.Module) -> bool:
 
 OBSERVED_ATTENTION = "lavit_observed_sdpa"
 # Implementations whose attention is the same function as the observed one (sdpa, eager): a model set to another
-# (flash or flex kernels) is refused rather than silently switched to slower kernels.
+# (flash or flex kernels) is refused rather than silently switched to other kernels.
 OBSERVABLE_IMPLEMENTATIONS = ("sdpa", "eager", OBSERVED_ATTENTION)
+# Named in `torch.profiler` traces (the extraction benchmark splits the forward by it).
+OBSERVE_RANGE = "lavit_attention_capture"
+# Set on the attention modules an observer reads while `observing_attention` runs: a plain attribute, so that under
+# torch.compile the layers that are read and those that are not each get a graph of their own.
+_OBSERVED_MODULE = "_lavit_observed_attention"
 
 
 class AttentionObserver(Protocol):
+    """What `observing_attention` hands a layer's attention inputs to."""
+
+    modules: dict[nn.Module, int]  # the attention modules to read, each with its layer index
+
     def observe(
         self,
         module: nn.Module,
@@ -153,41 +162,58 @@ def attention_row_weights(
     scaling: float | None,
     is_causal: bool,
     rows: torch.LongTensor,
+    real_keys: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The attention weights of the query rows `rows` over every key, in float32: what eager attention computes for
-    those rows (scores scaled, the layer's own mask applied, softmax over the keys), without an `[S, S]` matrix.
-    Differentiable with respect to `query` and `key`.
+    """The head-averaged attention weights of the query rows `rows` over every key, in float32: what eager attention
+    computes for those rows (scores scaled, the layer's own mask applied, softmax over the keys, then the mean over
+    the heads), without an `[S, S]` matrix or a copy of the grouped keys. Differentiable in `query` and `key`.
 
     Args:
         query (`torch.Tensor` of shape `(batch_size, heads, seq_len, head_dim)`): the layer's queries (after RoPE).
-        key (`torch.Tensor` of shape `(batch_size, kv_heads, seq_len, head_dim)`): its keys; grouped-query keys are
-            shared by `heads // kv_heads` query heads.
+        key (`torch.Tensor` of shape `(batch_size, kv_heads, seq_len, head_dim)`): its keys; key head `h` serves
+            query heads `h * groups` to `(h + 1) * groups - 1`, as `repeat_kv` lays them out.
         attention_mask (`torch.Tensor` of shape `(batch_size or 1, 1, seq_len, seq_len)`, *optional*): sdpa's mask,
             boolean (True = may attend) or additive; `None` means causal (with `is_causal`) or nothing.
         scaling (`float`, *optional*): the score scale; defaults to `head_dim ** -0.5`.
         is_causal (`bool`): the causal rule sdpa applies when no mask is given.
         rows (`torch.LongTensor` of shape `(batch_size, n_rows)`): the query positions of each sample.
+        real_keys (`torch.BoolTensor` of shape `(batch_size, seq_len)`, *optional*): keys each sample may attend to at
+            all (its right padding left out, where the mask does not say so).
 
     Returns:
-        `torch.Tensor` of shape `(batch_size, heads, n_rows, seq_len)`.
+        `torch.Tensor` of shape `(batch_size, n_rows, seq_len)`.
     """
-    batch_size, heads, _, head_dim = query.shape
+    batch, heads, length, head_dim = query.shape
+    kv_heads, n_rows = key.shape[1], rows.shape[1]
     scale = scaling if scaling is not None else head_dim**-0.5
-    selected = query.gather(2, rows[:, None, :, None].expand(-1, heads, -1, head_dim)).float()
-    keys = key.float().repeat_interleave(heads // key.shape[1], dim=1)
-    scores = torch.matmul(selected, keys.transpose(2, 3)) * scale
-    if attention_mask is None:
+    picked = query.gather(2, rows[:, None, :, None].expand(batch, heads, n_rows, head_dim)).float()
+    keys = key.float().transpose(2, 3).unsqueeze(2)  # (batch, kv_heads, 1, head_dim, seq_len)
+    scores = torch.matmul(picked.view(batch, kv_heads, heads // kv_heads, n_rows, head_dim), keys)
+    scores = scores.view(batch, heads, n_rows, length) * scale
+    allowed = torch.ones(batch, 1, 1, length, dtype=torch.bool, device=rows.device)
+    if real_keys is not None:
+        allowed = allowed & real_keys[:, None, None, :]
+    if attention_mask is None:  # sdpa's own rule for a missing mask: causal, or nothing
         if is_causal:
-            future = torch.arange(key.shape[2], device=rows.device)[None, None, :] > rows[:, :, None]
-            scores = scores.masked_fill(future[:, None], float("-inf"))
-    else:
-        mask = attention_mask.expand(batch_size, -1, -1, -1)
-        mask_rows = mask.gather(2, rows[:, None, :, None].expand(-1, mask.shape[1], -1, mask.shape[3]))
+            allowed = allowed & (torch.arange(length, device=rows.device) <= rows[:, None, :, None])
+    else:  # each sample's mask rows (a mask broadcast over the batch has a batch dimension of 1)
+        samples = torch.arange(batch, device=rows.device) if attention_mask.shape[0] > 1 else rows.new_zeros(batch)
+        mask_rows = attention_mask[samples[:, None], :, rows, :length].transpose(1, 2)  # (batch, 1, n_rows, seq_len)
         if mask_rows.dtype == torch.bool:
-            scores = scores.masked_fill(~mask_rows, float("-inf"))
+            allowed = allowed & mask_rows
         else:
             scores = scores + mask_rows.float()
-    return scores.softmax(-1)
+    return scores.masked_fill(~allowed, float("-inf")).softmax(-1).mean(1)
+
+
+@torch.compiler.disable
+def _observe(module, query, key, attention_mask, scaling, is_causal) -> None:
+    """Hand a read layer's attention inputs to the active observer. Always eager: in a compiled layer the graph breaks
+    here, and the observer sees the real tensors of this forward (with their autograd history)."""
+    observer = _ACTIVE_OBSERVER.get()
+    if observer is not None:
+        with torch.profiler.record_function(OBSERVE_RANGE):
+            observer.observe(module, query, key, attention_mask, scaling, is_causal)
 
 
 def observed_sdpa_attention(
@@ -200,11 +226,10 @@ def observed_sdpa_attention(
     is_causal: bool | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """sdpa attention that also hands its inputs to the active observer (if any); its output is sdpa's."""
-    observer = _ACTIVE_OBSERVER.get()
-    if observer is not None:
+    """sdpa attention that also hands its inputs to the active observer on the layers it reads; its output is sdpa's."""
+    if getattr(module, _OBSERVED_MODULE, False):
         causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-        observer.observe(module, query, key, attention_mask, scaling, causal)
+        _observe(module, query, key, attention_mask, scaling, causal)
     return sdpa_attention_forward(
         module, query, key, value, attention_mask, scaling=scaling, is_causal=is_causal, **kwargs
     )
@@ -216,13 +241,13 @@ AttentionMaskInterface.register(OBSERVED_ATTENTION, sdpa_mask)
 
 @contextlib.contextmanager
 def observing_attention(model: nn.Module, observer: AttentionObserver) -> Iterator[None]:
-    """Run `model`'s text attention through `observed_sdpa_attention` into `observer`, then restore its implementation.
+    """Run `model`'s text attention through `observed_sdpa_attention`, handing the layers in `observer.modules` to
+    `observer`, then restore its implementation.
 
     Raises:
         ValueError: the text attention is neither sdpa nor eager (flash or flex kernels never hand their weights out).
     """
-    text_config = model.config.get_text_config()
-    previous = text_config._attn_implementation
+    previous = model.config.get_text_config()._attn_implementation
     if previous not in OBSERVABLE_IMPLEMENTATIONS:
         raise ValueError(
             f"Reading attention weights needs the text attention 'sdpa' or 'eager', not {previous!r}: load the model "
@@ -230,9 +255,13 @@ def observing_attention(model: nn.Module, observer: AttentionObserver) -> Iterat
         )
     model.set_attn_implementation({"text_config": OBSERVED_ATTENTION})
     token = _ACTIVE_OBSERVER.set(observer)
+    for module in observer.modules:
+        setattr(module, _OBSERVED_MODULE, True)
     try:
         yield
     finally:
+        for module in observer.modules:
+            delattr(module, _OBSERVED_MODULE)
         _ACTIVE_OBSERVER.reset(token)
         model.set_attn_implementation({"text_config": previous})
 
@@ -251,13 +280,12 @@ class LatentAttentionRecorder:
         self.per_layer: dict[int, torch.Tensor] = {}
 
     def observe(self, module, query, key, attention_mask, scaling, is_causal) -> None:
-        layer = self.modules.get(module)
-        if layer is None:
-            return
+        layer = self.modules[module]
         if query.shape[2] != key.shape[2]:
             raise ValueError("The latent attention is read from a whole sequence, not under a KV cache.")
-        weights = attention_row_weights(query, key, attention_mask, scaling, is_causal, self.rows)
-        self.per_layer[layer] = weights.mean(1)
+        if layer in self.per_layer:
+            raise ValueError(f"Layer {layer}'s attention was observed twice in one forward.")
+        self.per_layer[layer] = attention_row_weights(query, key, attention_mask, scaling, is_causal, self.rows)
 
     def mean(self) -> torch.Tensor:
         """`(batch_size, K, seq_len)`: the head- and layer-averaged weights of each latent token."""
@@ -270,6 +298,7 @@ class LatentAttentionRecorder:
 __all__ = [
     "FLEX_ATTENTION",
     "OBSERVED_ATTENTION",
+    "OBSERVE_RANGE",
     "PACKED_VISION_ATTENTION",
     "AttentionObserver",
     "LatentAttentionRecorder",

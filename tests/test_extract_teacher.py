@@ -9,7 +9,6 @@ from PIL import Image
 from datasets_scripts.extract import build_row, load_teacher
 from datasets_scripts.sources import SourceRecord
 from datasets_scripts.teacher import (
-    CAPTURE_ATTENTION,
     TEACHER_FAMILIES,
     TRAJECTORY_METHODS,
     ExtractionSettings,
@@ -22,6 +21,7 @@ from datasets_scripts.teacher import (
     teacher_family,
 )
 from lavit_hf import schema
+from lavit_hf.attention import OBSERVED_ATTENTION
 from lavit_hf.layout import render_prompt
 
 
@@ -99,7 +99,7 @@ def test_attention_trajectory_equals_eager_output_attentions(extracted, teacher)
         torch.testing.assert_close(step, per_row[a:b].mean(0) / per_row[a:b].mean(0).sum(), atol=1e-4, rtol=0)
     assert out.layers == [0, 1]
     # The teacher's text attention is back to what it was.
-    assert extractor.model.config.get_text_config()._attn_implementation != CAPTURE_ATTENTION
+    assert extractor.model.config.get_text_config()._attn_implementation != OBSERVED_ATTENTION
 
 
 def test_gradient_trajectory_equals_brute_force(extracted, teacher):

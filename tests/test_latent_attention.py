@@ -107,3 +107,23 @@ def test_latent_attention_settings_are_checked(tiny_lavit_pair):
         type(config)(**{**config.to_dict(), "trajectory_attention_layers": [5]})
     with pytest.raises(StrictDataclassError, match="trajectory_prediction"):
         type(config)(**{**config.to_dict(), "trajectory_prediction": "attention"})
+
+
+def test_compiled_blocks_read_the_same_latent_attention_with_gradients(tiny_lavit_pair):
+    """Under the trainer's compiled blocks the observer still sees every read layer once, with autograd history."""
+    from lavit_hf.compilation import compile_repeated_blocks
+
+    model, processor = tiny_lavit_pair
+    inputs = batch(processor, SAMPLES)
+    losses, gradients = [], []
+    for compiled in (False, True):
+        student = reading_latent_attention(clone(model).train(), layers=[0, 1])
+        if compiled:
+            torch._dynamo.reset()
+            assert compile_repeated_blocks(student, vision=False, backend="aot_eager") == 2
+        out = student(**inputs, **targets(student, inputs))
+        out.loss_traj.backward()
+        losses.append(out.loss_traj.detach())
+        gradients.append(student.model.language_model.layers[0].self_attn.q_proj.weight.grad.clone())
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gradients[1], gradients[0], atol=1e-5, rtol=1e-4)
