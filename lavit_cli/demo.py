@@ -116,6 +116,14 @@ class DemoArguments:
         default="gradient",
         metadata={"help": "Teacher trajectory the students learn from.", "choices": TRAJECTORY_METHODS},
     )
+    gradient_temperature: float | None = field(
+        default=None,
+        metadata={
+            "help": "Softmax temperature of the teacher's gradient trajectory over its max-normalised magnitudes "
+            "(`lavit extract --gradient-temperature`); unset: the magnitudes normalised to sum to 1. A lower "
+            "temperature gives a sharper target."
+        },
+    )
     vtop_normalization: str = field(
         default="none", metadata={"help": "V_top targets as the paper (none) or standardised.", "choices": ("none", "standardize")}
     )
@@ -339,6 +347,8 @@ def extract(args: DemoArguments, teacher: Path, source: Path, output: Path) -> P
         "--response-from", args.response_from,
         "--pretty-name", "LaViT demo: marked shapes",
     ]  # fmt: skip
+    if args.gradient_temperature is not None:
+        argv += ["--gradient-temperature", str(args.gradient_temperature)]
     extraction.main(extraction.make_parser().parse_args(argv))
     return output
 

@@ -74,3 +74,14 @@ def test_a_rerun_resumes_from_the_artifacts(demo_run, monkeypatch):
         demo.main(demo.make_parser().parse_args(["--out", str(out), *ARGS, "--stage2_learning_rate_ratio", "1.0"]))
     timings = ("seconds", "phase_seconds")
     assert {k: v for k, v in again.items() if k not in timings} == {k: v for k, v in scores.items() if k not in timings}
+
+
+@pytest.mark.parametrize(("temperature", "expected"), [(None, None), (0.1, 0.1)])
+def test_the_gradient_temperature_reaches_the_extraction(temperature, expected, tmp_path, monkeypatch):
+    from datasets_scripts import extract as extraction
+
+    seen = []
+    monkeypatch.setattr(extraction, "main", seen.append)
+    args = demo.DemoArguments(out=str(tmp_path), gradient_temperature=temperature)
+    demo.extract(args, tmp_path / "teacher", tmp_path / "source.jsonl", tmp_path / "dataset")
+    assert seen[0].gradient_temperature == expected
