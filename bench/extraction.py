@@ -5,7 +5,7 @@ cache.
 - **reference** (the LaViT reference extractor's method): the teacher under `eager` attention, one forward with
   `output_attentions=True` (every layer's `[heads, S, S]` weights, and the LM head) for the trajectory, then a second
   forward with `output_hidden_states=True` for V_top; one sample per forward.
-- **ours, eager**: one `sdpa` forward of the base model (no LM head) whose text attention runs through the capturing
+- **ours, eager**: one `sdpa` forward of the base model (no LM head) whose text attention runs through the observed
   sdpa (`lavit_hf.attention.observed_sdpa_attention`): on the last 8 layers it scores the response rows against
   the queries and keys the attention receives; V_top comes from a hook on the last decoder layer. One sample per
   forward, then `--batch-sizes` samples per forward (`extract_batches`, right-padded; the samples here have equal
