@@ -16,7 +16,7 @@ The reliance diagnostics (docs/method.md section 4), scored with `lavit eval`'s 
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,16 +224,16 @@ def score_diagnostics(
     return results
 
 
-@torch.no_grad()
-def latent_states(model, processor, rows: Sequence[dict[str, Any]], device: str, batch_size: int = 32) -> torch.Tensor:
-    """The final hidden state of the last latent token for each row's prompt with the latent tokens forced: what the
-    answer can read from the latent tokens. `(rows, hidden)`."""
+def forced_latent_batches(
+    model, processor, rows: Sequence[dict[str, Any]], device: str, batch_size: int = 32
+) -> Iterator[tuple[Sequence[dict[str, Any]], Any]]:
+    """`(rows, inputs)` per batch: each row's prompt with the latent tokens forced (what the answer would read),
+    left-padded, on `device`."""
     from lavit_hf.images import to_rgb
     from lavit_hf.layout import latent_prefix, render_prompt
 
     prefix = latent_prefix(model.config.num_latent_tokens)
     processor.tokenizer.padding_side = "left"
-    states = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         inputs = processor(
@@ -242,34 +242,30 @@ def latent_states(model, processor, rows: Sequence[dict[str, Any]], device: str,
             return_tensors="pt",
             padding=True,
         ).to(device)
+        yield chunk, inputs
+
+
+@torch.no_grad()
+def latent_states(model, processor, rows: Sequence[dict[str, Any]], device: str) -> torch.Tensor:
+    """The final hidden state of the last latent token for each row's prompt with the latent tokens forced: what the
+    answer can read from the latent tokens. `(rows, hidden)`."""
+    states = []
+    for _, inputs in forced_latent_batches(model, processor, rows, device):
         output = model(**inputs, output_hidden_states=True, use_cache=False)
         states.append(output.hidden_states[-1][:, -1].float().cpu())
     return torch.cat(states)
 
 
 @torch.no_grad()
-def student_trajectory_box_mass(
-    model, processor, rows: Sequence[dict[str, Any]], device: str, batch_size: int = 32
-) -> dict[str, float]:
+def student_trajectory_box_mass(model, processor, rows: Sequence[dict[str, Any]], device: str) -> dict[str, float]:
     """Where the student looks: the mean share of its predicted trajectory (the trajectory head's, or its latent
     tokens' attention under `trajectory_prediction="latent_attention"`) inside each row's box, on the prompt with the
     latent tokens forced, against a uniform map on the same grid. `{"student": ..., "uniform": ...}`."""
     from lavit_hf.grids import box_mass
-    from lavit_hf.images import to_rgb
-    from lavit_hf.layout import latent_prefix, render_prompt
 
-    prefix = latent_prefix(model.config.num_latent_tokens)
     merge = model.config.vision_config.spatial_merge_size
-    processor.tokenizer.padding_side = "left"
     shares = {"student": [], "uniform": []}
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        inputs = processor(
-            text=[render_prompt(processor, row["question"]) + prefix for row in chunk],
-            images=[to_rgb(row["image"]) for row in chunk],
-            return_tensors="pt",
-            padding=True,
-        ).to(device)
+    for chunk, inputs in forced_latent_batches(model, processor, rows, device):
         grids = [(int(h) // merge, int(w) // merge) for _, h, w in inputs["image_grid_thw"].tolist()]
         counts = [h * w for h, w in grids]
         valid = torch.arange(max(counts), device=device)[None, :] < torch.tensor(counts, device=device)[:, None]
@@ -327,6 +323,7 @@ __all__ = [
     "VARIANTS",
     "Budget",
     "Variant",
+    "forced_latent_batches",
     "latent_states",
     "linear_probe_accuracy",
     "resolve_variants",

@@ -36,15 +36,20 @@ def latent_head_input(
     return states[:, -1]
 
 
+def require_image_tokens(layout: TokenLayout) -> None:
+    """A trajectory is a distribution over a sample's image tokens: refuse a sample without any, naming it."""
+    empty = [sample for sample, count in enumerate(layout.image_counts) if count == 0]
+    if empty:
+        raise ValueError(f"Sample {empty[0]}: no image tokens, so it has no trajectory to predict.")
+
+
 def predict_trajectory(
     trajectory_query: nn.Module, latent_state: torch.Tensor, hidden_states: torch.Tensor, layout: TokenLayout
 ) -> torch.Tensor:
     """The predicted log-distribution over each sample's image tokens (the trajectory head): a query projection of the
     latent state dotted with the final hidden states at the image tokens, scaled by `1/sqrt(d)` as an attention score
     is (so that a fresh head starts near uniform), then `log_softmax`; `-inf` past a sample's own image tokens."""
-    empty = [sample for sample, count in enumerate(layout.image_counts) if count == 0]
-    if empty:
-        raise ValueError(f"Sample {empty[0]}: no image tokens, so it has no trajectory to predict.")
+    require_image_tokens(layout)
     positions, valid = layout.image_positions, layout.image_valid
     image_states = hidden_states.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden_states.shape[-1]))
     query = trajectory_query(latent_state)
@@ -62,9 +67,7 @@ def latent_attention_trajectory(latent_attention: torch.Tensor, layout: TokenLay
             weights of the latent tokens over every key (`LatentAttentionRecorder.mean`).
         layout (`TokenLayout`): the batch's image positions.
     """
-    empty = [sample for sample, count in enumerate(layout.image_counts) if count == 0]
-    if empty:
-        raise ValueError(f"Sample {empty[0]}: no image tokens, so it has no trajectory to predict.")
+    require_image_tokens(layout)
     weights = latent_attention.mean(1).gather(1, layout.image_positions).masked_fill(~layout.image_valid, 0.0)
     log_weights = torch.log(weights.clamp_min(torch.finfo(weights.dtype).tiny))
     log_probs = log_weights - torch.logsumexp(log_weights.masked_fill(~layout.image_valid, float("-inf")), -1, True)
