@@ -97,6 +97,11 @@ class LaViTConfigMixin:
             out_of_range = [i for i in self.latent_token_ids if not 0 <= i < vocab_size]
             if out_of_range:
                 raise ValueError(f"latent_token_ids {out_of_range} lie outside the vocabulary (size {vocab_size}).")
+        if self.trajectory_attention_layers is not None and self.trajectory_prediction != "latent_attention":
+            raise ValueError(
+                "trajectory_attention_layers is read only with trajectory_prediction='latent_attention', not "
+                f"{self.trajectory_prediction!r}."
+            )
         if self.trajectory_attention_layers is not None:
             num_layers = self.get_text_config().num_hidden_layers
             outside = [i for i in self.trajectory_attention_layers if not -num_layers <= i < num_layers]

@@ -104,9 +104,13 @@ def test_latent_attention_settings_are_checked(tiny_lavit_pair):
     model, _ = tiny_lavit_pair
     config = clone(model).config
     with pytest.raises(StrictDataclassError, match="trajectory_attention_layers"):
-        type(config)(**{**config.to_dict(), "trajectory_attention_layers": [5]})
+        type(config)(
+            **{**config.to_dict(), "trajectory_prediction": "latent_attention", "trajectory_attention_layers": [5]}
+        )
     with pytest.raises(StrictDataclassError, match="trajectory_prediction"):
         type(config)(**{**config.to_dict(), "trajectory_prediction": "attention"})
+    with pytest.raises(StrictDataclassError, match="read only with trajectory_prediction='latent_attention'"):
+        type(config)(**{**config.to_dict(), "trajectory_attention_layers": [0]})
 
 
 def test_compiled_blocks_read_the_same_latent_attention_with_gradients(tiny_lavit_pair):

@@ -157,6 +157,9 @@ def test_latent_attention_trajectory_trains_through_the_trainer(tiny_lavit, data
     assert model.config.trajectory_prediction == "latent_attention" and model.config.trajectory_attention_layers == [-1]
     values = _logged(trainer, "loss_traj")
     assert sum(values[-2:]) / 2 < 0.8 * sum(values[:2]) / 2, values
+    with pytest.raises(ValueError, match="read only with trajectory_prediction='latent_attention'"):
+        LaViTTrainer(model, _args(tmp_path, trajectory_prediction="head", trajectory_attention_layers=[0]),
+                     train_dataset=dataset, processing_class=processor)
     with pytest.raises(ValueError, match="activation_checkpointing false"):
         LaViTTrainer(model, _args(tmp_path, trajectory_prediction="latent_attention", activation_checkpointing=True),
                      train_dataset=dataset, processing_class=processor)

@@ -266,6 +266,7 @@ class LaViTTrainer(Trainer):
                 setattr(args, name, getattr(config, name))
             else:
                 setattr(config, name, getattr(args, name))
+        config.validate_lavit()  # the written-back fields must make sense together
         if config.trajectory_prediction == "latent_attention" and args.activation_checkpointing:
             raise ValueError(
                 "trajectory_prediction='latent_attention' reads the latent tokens' attention during the forward, which "
