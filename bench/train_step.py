@@ -250,8 +250,8 @@ def make_batches(shape: str, processor, batch_size: int, mixed_batches: int = 0)
 
 
 def make_optimizer(model, dtype: torch.dtype, device: str) -> torch.optim.Optimizer:
-    """The optimiser `LaViTTrainer` builds for `model` (torch's fused AdamW over float32 weights, torch-optimi's
-    Kahan-compensated AdamW over bf16 ones), weight decay on matrices only, as the Trainer's parameter groups."""
+    """The optimiser `LaViTTrainer` builds for `model` (torch's fused AdamW over float32 weights, `KahanAdamW` over
+    bf16 ones), weight decay on matrices only, as the Trainer's parameter groups."""
     import tempfile
 
     from trainer import LaViTTrainer, LaViTTrainingArguments

@@ -183,19 +183,21 @@ def test_bf16_weights_train_like_float32_at_the_paper_learning_rate(tmp_path, da
     bf16 = _update(initial, load_file(tmp_path / "bfloat16" / "model.safetensors"), torch.bfloat16)
     moved = bf16[reference != 0] != 0
     cosine = torch.nn.functional.cosine_similarity(reference, bf16, dim=0).item()
-    # This run gives 53% moved and cosine 0.84; torch's plain AdamW on the same bf16 weights gives 8% and 0.25.
+    # This run gives 55% moved and cosine 0.85; torch's plain AdamW on the same bf16 weights gives 8% and 0.25.
     assert moved.float().mean().item() > 0.4, moved.float().mean().item()
     assert cosine > 0.75, cosine
     assert 0.7 < (bf16.norm() / reference.norm()).item() < 1.4
 
 
 def test_bf16_weights_get_a_compensated_optimizer_or_a_refusal(tiny_lavit, tmp_path):
-    from optimi import AdamW, StableAdamW
+    from optimi import StableAdamW
+
+    from trainer.kahan_adamw import KahanAdamW
 
     model = tiny_lavit[0].to(torch.bfloat16)
     args = LaViTTrainingArguments(output_dir=str(tmp_path), model_dtype="bfloat16", use_cpu=True)
     cls, kwargs = LaViTTrainer.get_optimizer_cls_and_kwargs(args, model)
-    assert cls is AdamW and kwargs["kahan_sum"] is True and kwargs["lr"] == args.learning_rate
+    assert cls is KahanAdamW and kwargs["lr"] == args.learning_rate and kwargs["weight_decay"] == args.weight_decay
     stable = LaViTTrainingArguments(
         output_dir=str(tmp_path), model_dtype="bfloat16", use_cpu=True, optim="stable_adamw"
     )

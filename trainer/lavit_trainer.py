@@ -214,8 +214,9 @@ class LaViTTrainer(Trainer):
     def get_optimizer_cls_and_kwargs(args: TrainingArguments, model: nn.Module | None = None) -> tuple[Any, Any]:
         """`Trainer`'s optimiser, except on trainable bfloat16 / float16 weights: there plain AdamW loses most
         updates at the paper's learning rates to rounding (docs/pitfalls.md, Numerics and resolution), so it becomes
-        torch-optimi's `AdamW(kahan_sum=True)` (same betas, epsilon, weight decay and schedule); `stable_adamw`
-        (torch-optimi, Kahan on low-precision weights) is kept; any other optimiser is refused."""
+        `KahanAdamW` (torch-optimi's `AdamW(kahan_sum=True)` with the weight decay compensated too and one kernel
+        launch per parameter group; same betas, epsilon, weight decay and schedule); `stable_adamw` (torch-optimi,
+        Kahan on low-precision weights) is kept; any other optimiser is refused."""
         trainable = [] if model is None else [p for p in model.parameters() if p.requires_grad]
         low_precision = any(p.dtype in LOW_PRECISION for p in trainable)
         optim = str(getattr(args.optim, "value", args.optim))
@@ -229,15 +230,15 @@ class LaViTTrainer(Trainer):
                 "(model_dtype='float32')."
             )
         try:
-            from optimi import AdamW
+            from .kahan_adamw import KahanAdamW
         except ImportError as error:
             raise ImportError(
-                "bfloat16 weights train with Kahan-compensated AdamW from torch-optimi: pip install 'lavit-hf[bf16]' "
-                "(or train float32 weights: model_dtype='float32')."
+                "bfloat16 weights train with Kahan-compensated AdamW built on torch-optimi: pip install "
+                "'lavit-hf[bf16]' (or train float32 weights: model_dtype='float32')."
             ) from error
         kwargs = {"lr": args.learning_rate, "betas": (args.adam_beta1, args.adam_beta2), "eps": args.adam_epsilon}
         # Weight decay comes per parameter group from `create_optimizer`, as for every optimiser.
-        return AdamW, {**kwargs, "weight_decay": args.weight_decay, "kahan_sum": True}
+        return KahanAdamW, {**kwargs, "weight_decay": args.weight_decay}
 
     @staticmethod
     def configure_model(model: PreTrainedModel, args: LaViTTrainingArguments) -> None:
