@@ -127,6 +127,15 @@ class DemoArguments:
     vtop_normalization: str = field(
         default="none", metadata={"help": "V_top targets as the paper (none) or standardised.", "choices": ("none", "standardize")}
     )
+    vtop_source: str = field(
+        default="pooled",
+        metadata={
+            "help": "V_top targets: the teacher's image features mean-pooled (pooled, the paper's) or pooled with its "
+            "trajectory as weights (trajectory: the features of what it looked at; extraction then stores the "
+            "token-wise features).",
+            "choices": ("pooled", "trajectory"),
+        },
+    )
     response_from: str = field(
         default="teacher",
         metadata={
@@ -349,6 +358,8 @@ def extract(args: DemoArguments, teacher: Path, source: Path, output: Path) -> P
     ]  # fmt: skip
     if args.gradient_temperature is not None:
         argv += ["--gradient-temperature", str(args.gradient_temperature)]
+    if args.vtop_source != "pooled":
+        argv += ["--token-features", "true"]
     extraction.main(extraction.make_parser().parse_args(argv))
     return output
 
@@ -494,6 +505,7 @@ def main(args: DemoArguments | Any) -> dict[str, Any]:
         "freeze_vision": True,
         "trajectory_method": args.trajectory_method,
         "vtop_normalization": args.vtop_normalization,
+        "vtop_source": args.vtop_source,
         "latent_separator": args.latent_separator,
     }
     students: dict[str, dict[int, dict[str, Any]]] = {}

@@ -94,6 +94,23 @@ def test_token_wise_vtop_is_resampled(tiny_lavit_pair):
     assert pool_vtop_target(batch["vtop_target"], batch["vtop_target_mask"]).shape == (2, D)
 
 
+def test_trajectory_weighted_vtop_is_what_the_teacher_looked_at(tiny_lavit_pair):
+    """`vtop_source="trajectory"`: the resampled token rows pooled with the resampled trajectory as weights; a
+    trajectory on one token gives exactly that token's features."""
+    collator = DataCollatorForLaViT(tiny_lavit_pair[1], teacher_hidden_size=D, vtop_source="trajectory")
+    rows = _rows(token_features=True)
+    batch = collator(rows)
+    assert batch["vtop_target"].shape == (2, D) and "vtop_target_mask" not in batch
+    tokens = resample_grid(torch.as_tensor(rows[1]["vtop_tokens"]).float(), (3, 5), (3, 4))
+    weights = batch["trajectory_target"][1, :12]
+    torch.testing.assert_close(batch["vtop_target"][1], weights @ tokens)
+    one_hot = [0.0] * 4
+    one_hot[2] = 1.0
+    rows[0] = _break(rows[0], "trajectory_attention", one_hot)  # row 0: teacher grid = student grid (2x2)
+    torch.testing.assert_close(collator(rows)["vtop_target"][0], torch.as_tensor(rows[0]["vtop_tokens"][2]).float())
+    assert schema.VTOP_TOKENS in collator.columns and schema.VTOP not in collator.columns
+
+
 def test_torch_formatted_rows_give_the_same_batch(collator):
     dataset = synthetic_lavit_dataset(2, D, teacher_grids=GRIDS)
     from_lists = collator([dataset[0], dataset[1]])

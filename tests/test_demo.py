@@ -85,3 +85,14 @@ def test_the_gradient_temperature_reaches_the_extraction(temperature, expected, 
     args = demo.DemoArguments(out=str(tmp_path), gradient_temperature=temperature)
     demo.extract(args, tmp_path / "teacher", tmp_path / "source.jsonl", tmp_path / "dataset")
     assert seen[0].gradient_temperature == expected
+
+
+@pytest.mark.parametrize(("vtop_source", "token_features"), [("pooled", False), ("trajectory", True)])
+def test_trajectory_weighted_vtop_extracts_token_features(vtop_source, token_features, tmp_path, monkeypatch):
+    from datasets_scripts import extract as extraction
+
+    seen = []
+    monkeypatch.setattr(extraction, "main", seen.append)
+    args = demo.DemoArguments(out=str(tmp_path), vtop_source=vtop_source)
+    demo.extract(args, tmp_path / "teacher", tmp_path / "source.jsonl", tmp_path / "dataset")
+    assert seen[0].token_features is token_features

@@ -23,6 +23,8 @@ from lavit_hf.layout import (
     training_messages,
 )
 
+from .configuration import VTOP_SOURCES
+
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +85,9 @@ class DataCollatorForLaViT(DataCollatorMixin):
             Which trajectory column to read (`"attention"` or `"gradient"`).
         vtop_source (`str`, *optional*, defaults to `"pooled"`):
             `"pooled"` reads `vtop` into `vtop_target` `(B, D)`; `"tokens"` reads `vtop_tokens`, resamples it to the
-            student's grid and returns `vtop_target` `(B, N, D)` with `vtop_target_mask` `(B, N)`.
+            student's grid and returns `vtop_target` `(B, N, D)` with `vtop_target_mask` `(B, N)`; `"trajectory"`
+            pools those resampled rows with the sample's trajectory target as weights (what the teacher looked at)
+            into `vtop_target` `(B, D)`.
         vtop_statistics (`tuple[torch.Tensor, torch.Tensor]`, *optional*):
             A per-feature `(mean, std)` of the pooled V_top targets (`vtop_statistics(dataset)`); when given, every
             V_top target (pooled, or each token row) becomes `(target - mean) / std`.
@@ -133,8 +137,8 @@ class DataCollatorForLaViT(DataCollatorMixin):
 
     def __post_init__(self):
         self.trajectory_column = schema.trajectory_column(self.trajectory_method)  # refuses a malformed name
-        if self.vtop_source not in ("pooled", "tokens"):
-            raise ValueError(f"vtop_source={self.vtop_source!r}: expected 'pooled' or 'tokens'.")
+        if self.vtop_source not in VTOP_SOURCES:
+            raise ValueError(f"vtop_source={self.vtop_source!r}: expected one of {list(VTOP_SOURCES)}.")
         tokenizer = self.processor.tokenizer
         self.latent_ids = tokenizer.convert_tokens_to_ids(latent_token_strings(self.num_latent_tokens))
         if tokenizer.unk_token_id in self.latent_ids or None in self.latent_ids:
@@ -146,7 +150,15 @@ class DataCollatorForLaViT(DataCollatorMixin):
     def columns(self) -> list[str]:
         """The dataset columns this collator reads (kept by `LaViTTrainer._set_signature_columns_if_needed`)."""
         vtop = schema.VTOP if self.vtop_source == "pooled" else schema.VTOP_TOKENS
-        return [schema.ID, schema.IMAGE, schema.QUESTION, schema.ANSWER, schema.TEACHER_GRID, vtop, self.trajectory_column]
+        return [
+            schema.ID,
+            schema.IMAGE,
+            schema.QUESTION,
+            schema.ANSWER,
+            schema.TEACHER_GRID,
+            vtop,
+            self.trajectory_column,
+        ]
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         rows = [_row_name(example, index) for index, example in enumerate(examples)]
@@ -166,12 +178,17 @@ class DataCollatorForLaViT(DataCollatorMixin):
         if self.vtop_source == "pooled":
             vtops = [self._vtop(example, row) for example, row in zip(examples, rows, strict=True)]
             batch["vtop_target"] = torch.stack([self._standardize(vtop) for vtop in vtops])
-        else:
-            tokens = [
-                self._standardize(self._vtop_tokens(example, row, teacher, student))
-                for example, row, teacher, student in zip(examples, rows, teacher_grids, student_grids, strict=True)
-            ]
+            return batch
+        tokens = [
+            self._standardize(self._vtop_tokens(example, row, teacher, student))
+            for example, row, teacher, student in zip(examples, rows, teacher_grids, student_grids, strict=True)
+        ]
+        if self.vtop_source == "tokens":
             batch["vtop_target"], batch["vtop_target_mask"] = _pad_rows(tokens)
+        else:  # a trajectory sums to 1, so this is a weighted mean (of standardised rows: standardised)
+            batch["vtop_target"] = torch.stack(
+                [weights @ rows_ for weights, rows_ in zip(trajectories, tokens, strict=True)]
+            )
         return batch
 
     def _standardize(self, vtop: torch.Tensor) -> torch.Tensor:
@@ -303,7 +320,9 @@ class DataCollatorForLaViT(DataCollatorMixin):
     def _vtop(self, example: dict[str, Any], row: str) -> torch.Tensor:
         vtop = _float_tensor(example.get(schema.VTOP), schema.VTOP, row)
         if vtop.ndim != 1 or (self.teacher_hidden_size is not None and vtop.numel() != self.teacher_hidden_size):
-            raise ValueError(f"{row}: {schema.VTOP!r} has shape {tuple(vtop.shape)}, expected ({self.teacher_hidden_size},).")
+            raise ValueError(
+                f"{row}: {schema.VTOP!r} has shape {tuple(vtop.shape)}, expected ({self.teacher_hidden_size},)."
+            )
         return vtop
 
     def _vtop_tokens(

@@ -14,7 +14,9 @@ from lavit_hf.schema import trajectory_column
 logger = logging.getLogger(__name__)
 
 STAGE_SCHEDULES = ("single", "two_stage", "stage1", "stage2")
-VTOP_SOURCES = ("pooled", "tokens")
+# V_top targets: the pooled `vtop`, the token-wise `vtop_tokens` pooled by the model, or those rows pooled with the
+# teacher's trajectory as weights (`DataCollatorForLaViT`).
+VTOP_SOURCES = ("pooled", "tokens", "trajectory")
 VTOP_NORMALIZATIONS = ("none", "standardize")
 MODEL_DTYPES = ("float32", "bfloat16")
 LONG_SAMPLE_POLICIES = ("skip", "error")
@@ -198,11 +200,15 @@ class LaViTTrainingArguments(TrainingArguments):
     # Parameters that control the data
     dataset_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "A LaViT dataset (written by `lavit extract`): a local folder or a Hub id for load_dataset."},
+        metadata={
+            "help": "A LaViT dataset (written by `lavit extract`): a local folder or a Hub id for load_dataset."
+        },
     )
     eval_dataset_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "A LaViT dataset to evaluate on; defaults to `dataset_name_or_path` when `eval_split` is set."},
+        metadata={
+            "help": "A LaViT dataset to evaluate on; defaults to `dataset_name_or_path` when `eval_split` is set."
+        },
     )
     eval_split: str | None = field(
         default=None,
@@ -218,8 +224,9 @@ class LaViTTrainingArguments(TrainingArguments):
     vtop_source: str = field(
         default="pooled",
         metadata={
-            "help": "V_top target: `pooled` (the `vtop` column) or `tokens` (the token-wise `vtop_tokens` column "
-            "resampled to the student's grid and pooled over it by the model).",
+            "help": "V_top target: `pooled` (the `vtop` column, the paper's), `tokens` (the token-wise `vtop_tokens` "
+            "column resampled to the student's grid and pooled over it by the model), or `trajectory` (those rows "
+            "pooled with the teacher's trajectory as weights: the features of what the teacher looked at).",
             "choices": VTOP_SOURCES,
         },
     )
