@@ -127,6 +127,13 @@ class DemoArguments:
     vtop_normalization: str = field(
         default="none", metadata={"help": "V_top targets as the paper (none) or standardised.", "choices": ("none", "standardize")}
     )
+    head_layer: int | None = field(
+        default=None,
+        metadata={
+            "help": "The students' heads read the hidden states after this many decoder layers (what the answer can "
+            "attend to) instead of the final ones (the paper's; lavit train --head_layer)."
+        },
+    )
     vtop_source: str = field(
         default="pooled",
         metadata={
@@ -506,6 +513,7 @@ def main(args: DemoArguments | Any) -> dict[str, Any]:
         "trajectory_method": args.trajectory_method,
         "vtop_normalization": args.vtop_normalization,
         "vtop_source": args.vtop_source,
+        "head_layer": args.head_layer,
         "latent_separator": args.latent_separator,
     }
     students: dict[str, dict[int, dict[str, Any]]] = {}

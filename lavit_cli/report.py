@@ -170,7 +170,8 @@ def write_report(out: Path, results: dict[str, Any]) -> str:
         f"{args['learning_rate']} (two-stage runs: {args['stage1_share']:.0%} of the steps in stage 1, stage 2 at "
         f"{args['stage2_learning_rate_ratio']:g}x the rate), seeds "
         f"{args['seeds']}; trajectory target: the teacher's {args['trajectory_method']} trajectory; V_top targets: "
-        f"{args['vtop_normalization']}, {args.get('vtop_source', 'pooled')}.",
+        f"{args['vtop_normalization']}, {args.get('vtop_source', 'pooled')}; heads on the "
+        + ("final states." if args.get("head_layer") is None else f"states after {args['head_layer']} layers."),
         "- Diagnostics: `normal` decoding, `force` (the latent tokens written into the prompt), `mask` (forced, then "
         "hidden from every later position). Intervals: 95% bootstrap over seeds and items.",
         "",

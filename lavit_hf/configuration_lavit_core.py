@@ -63,6 +63,12 @@ class LaViTConfigMixin:
     head_input (`str`, *optional*, defaults to `"last_latent"`):
         Which latent state feeds the two heads: `"last_latent"` (the paper) or `"mean_latent"` (the mean over the
         K latent tokens).
+    head_layer (`int`, *optional*):
+        Which hidden states feed the two heads (the latent state, and the image-token states the trajectory head
+        scores): unset (the paper), the final ones; `k` (1 <= k < the number of decoder layers), those after the
+        first `k` decoder layers, through the final norm (as the final states are). A position's final state is read by no other position (each layer's attention
+        reads the states entering it), so what the heads supervise there can form in the last layer and never reach
+        the answer; the states after layer `k` are what layer `k + 1` lets the answer read.
     """
 
     # Latent tokens.
@@ -78,6 +84,7 @@ class LaViTConfigMixin:
     trajectory_prediction: Literal["head", "latent_attention"] = "head"
     trajectory_attention_layers: list[int] | None = None
     head_input: Literal["last_latent", "mean_latent"] = "last_latent"
+    head_layer: int | None = None
     # Stage schedule (docs/method.md section 3).
     training_stage: Literal[0, 1, 2] = 0
     block_prompt: bool = True
@@ -109,6 +116,13 @@ class LaViTConfigMixin:
                 raise ValueError(
                     f"trajectory_attention_layers {self.trajectory_attention_layers} must be a non-empty list of "
                     f"layer indices in [-{num_layers}, {num_layers})."
+                )
+        if self.head_layer is not None:
+            num_layers = self.get_text_config().num_hidden_layers
+            if not 1 <= self.head_layer < num_layers:
+                raise ValueError(
+                    f"head_layer={self.head_layer}: the heads read the states after 1 to {num_layers - 1} of the "
+                    f"{num_layers} decoder layers (unset: the final states)."
                 )
         if self.teacher_hidden_size is not None and self.teacher_hidden_size < 1:
             raise ValueError(f"teacher_hidden_size must be positive, got {self.teacher_hidden_size}.")

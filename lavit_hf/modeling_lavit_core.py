@@ -468,6 +468,8 @@ class LaViTForConditionalGenerationMixin:
             if wants_distillation and layout is not None and self.config.trajectory_prediction == "latent_attention"
             else None
         )
+        if wants_distillation and self.config.head_layer is not None:
+            kwargs["output_hidden_states"] = True
         with observing_attention(self, recorder) if recorder is not None else contextlib.nullcontext():
             outputs = self.model(
                 input_ids=input_ids,
@@ -513,14 +515,17 @@ class LaViTForConditionalGenerationMixin:
                 raise ValueError(
                     "Teacher targets need pixel_values and input_ids holding the image and latent tokens."
                 )
-            latent_state = latent_head_input(layout.latent_positions, hidden_states, self.config.head_input)
+            head_states = hidden_states
+            if self.config.head_layer is not None:  # through the final norm, on the final states' scale
+                head_states = self.model.language_model.norm(outputs.hidden_states[self.config.head_layer])
+            latent_state = latent_head_input(layout.latent_positions, head_states, self.config.head_input)
             if vtop_target is not None:
                 vtop_prediction = self.predict_vtop(latent_state)
                 loss_vtop = vtop_cosine_loss(vtop_prediction, pool_vtop_target(vtop_target, vtop_target_mask))
             if recorder is not None:
                 trajectory_log_probs = latent_attention_trajectory(recorder.mean(), layout)
             else:
-                trajectory_log_probs = predict_trajectory(self.trajectory_query, latent_state, hidden_states, layout)
+                trajectory_log_probs = predict_trajectory(self.trajectory_query, latent_state, head_states, layout)
             if trajectory_target is not None and self.config.use_trajectory_loss:
                 target = align_trajectory_target(trajectory_target, trajectory_mask, layout.image_valid)
                 loss_traj = trajectory_kl_loss(trajectory_log_probs, target, layout.image_valid)

@@ -165,6 +165,20 @@ def test_latent_attention_trajectory_trains_through_the_trainer(tiny_lavit, data
                      train_dataset=dataset, processing_class=processor)
 
 
+def test_head_layer_trains_through_the_trainer(tiny_lavit, dataset, tmp_path):
+    model, processor = tiny_lavit
+    args = _args(tmp_path, max_steps=8, learning_rate=3e-3, lr_scheduler_type="constant", head_layer=1)
+    trainer = LaViTTrainer(model, args, train_dataset=dataset.select([0, 1]), processing_class=processor)
+    trainer.train()
+    assert model.config.head_layer == 1
+    for key in ("loss_vtop", "loss_traj"):
+        values = _logged(trainer, key)
+        assert sum(values[-2:]) / 2 < 0.8 * sum(values[:2]) / 2, (key, values)
+    layers = model.config.get_text_config().num_hidden_layers
+    with pytest.raises(ValueError, match="head_layer"):
+        LaViTTrainer(model, _args(tmp_path, head_layer=layers), train_dataset=dataset, processing_class=processor)
+
+
 def test_gradient_accumulation_matches_one_large_batch(tiny_lavit_pair, dataset, tmp_path):
     """GA=2 of batch 1 and GA=1 of batch 2 take the same step: token-averaged CE over the whole accumulation step
     and per-batch means of the auxiliary losses (docs/pitfalls.md, Trainer). Plain SGD at lr 1 makes the update the

@@ -64,7 +64,8 @@ class LaViTTrainingArguments(TrainingArguments):
     Parameters that control the training:
         `stage_schedule`, `stage1_steps`, `stage1_learning_rate`, `stage1_warmup_ratio`, `stage2_steps`,
         `stage2_learning_rate`, `stage2_warmup_ratio`, `ce_loss_weight`, `vtop_loss_weight`, `trajectory_loss_weight`,
-        `block_prompt`, `ce_in_stage1`, `latent_separator`, `trajectory_prediction`, `trajectory_attention_layers`.
+        `block_prompt`, `ce_in_stage1`, `latent_separator`, `trajectory_prediction`, `trajectory_attention_layers`,
+        `head_layer`.
 
     Which fields set the steps, peak learning rate and warm-up: a `single` run reads `max_steps` (or
     `num_train_epochs`), `learning_rate` and `warmup_steps`; a `stage1` or `stage2` run, and each stage of a
@@ -328,6 +329,14 @@ class LaViTTrainingArguments(TrainingArguments):
         metadata={
             "help": "Decoder layers (negative from the top) whose latent-token attention 'latent_attention' reads; "
             "unset: the model config's (every layer)."
+        },
+    )
+    head_layer: int | None = field(
+        default=None,
+        metadata={
+            "help": "The heads read the hidden states after this many decoder layers (which later positions can "
+            "attend to) instead of the final ones (which none reads); unset: the model config's (the final states, "
+            "the paper's; docs/method.md section 2)."
         },
     )
     ce_in_stage1: bool | None = field(

@@ -261,6 +261,7 @@ class LaViTTrainer(Trainer):
             "latent_separator",
             "trajectory_prediction",
             "trajectory_attention_layers",
+            "head_layer",
         )
         for name in written_back:
             if getattr(args, name) is None:

@@ -45,6 +45,7 @@ HYPERPARAMETERS = (
     "latent_separator",
     "trajectory_prediction",
     "trajectory_attention_layers",
+    "head_layer",
     "num_latent_tokens",
     "torch_compile",
     "train_sampling_strategy",
