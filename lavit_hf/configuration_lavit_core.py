@@ -66,9 +66,10 @@ class LaViTConfigMixin:
     head_layer (`int`, *optional*):
         Which hidden states feed the two heads (the latent state, and the image-token states the trajectory head
         scores): unset (the paper), the final ones; `k` (1 <= k < the number of decoder layers), those after the
-        first `k` decoder layers, through the final norm (as the final states are). A position's final state is read by no other position (each layer's attention
-        reads the states entering it), so what the heads supervise there can form in the last layer and never reach
-        the answer; the states after layer `k` are what layer `k + 1` lets the answer read.
+        first `k` decoder layers, through the final norm (as the final states are). A position's final state is read
+        by no other position (each layer's attention reads the states entering it), so what the heads supervise there
+        can form in the last layer and never reach the answer; the states after layer `k` are what layer `k + 1` lets
+        the answer read.
     """
 
     # Latent tokens.

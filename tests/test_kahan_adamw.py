@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import optimi
+import pytest
 import torch
 
 from trainer.kahan_adamw import KahanAdamW
@@ -105,6 +106,17 @@ def test_state_layout_is_torch_optimi_s():
             param.grad = torch.ones_like(param)
         optimizer.step()
         assert int(optimizer.param_groups[0]["step"]) == 4
+
+
+def test_the_kernel_on_cpu_tensors_is_refused_not_replaced(monkeypatch):
+    """`triton=True` asks for the kernel; on CPU tensors (no interpreter) that is an error, not a silent torch step."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    params = weights()
+    optimizer = KahanAdamW(groups(params), lr=LR, weight_decay=WEIGHT_DECAY, triton=True)
+    for param in params:
+        param.grad = torch.ones_like(param)
+    with pytest.raises(ValueError, match=r"triton=True\) runs its kernel on CUDA tensors"):
+        optimizer.step()
 
 
 KERNEL_SCRIPT = """

@@ -187,7 +187,7 @@ class DataCollatorForLaViT(DataCollatorMixin):
             batch["vtop_target"], batch["vtop_target_mask"] = _pad_rows(tokens)
         else:  # a trajectory sums to 1, so this is a weighted mean (of standardised rows: standardised)
             batch["vtop_target"] = torch.stack(
-                [weights @ rows_ for weights, rows_ in zip(trajectories, tokens, strict=True)]
+                [weights @ features for weights, features in zip(trajectories, tokens, strict=True)]
             )
         return batch
 

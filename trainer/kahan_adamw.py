@@ -27,16 +27,17 @@ from torch import Tensor
 try:
     import triton
     import triton.language as tl
+
+    HAS_TRITON = True
 except ImportError:  # CPU-only installs: the update in torch
-    triton = None
-triton_available = triton
+    HAS_TRITON = False
 
 # Elements per Triton program, with 4 warps: 4 per thread. On an H200 (the 3B student's tensors) 512 gave 19 ms a step,
 # 1,024 28 ms, 2,048 39 ms, 4,096 with 8 warps 55 ms.
 BLOCK_SIZE = 512
 ALIGNMENT = 16  # bytes; the kernel's tensors start at multiples of it (the caching allocator's blocks do)
 
-if triton_available is not None:
+if HAS_TRITON:
 
     @triton.jit
     def _kahan_adamw_kernel(
@@ -153,7 +154,7 @@ class KahanAdamW(AdamW):
         super().__init__(
             params, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps, kahan_sum=True, foreach=False, triton=False
         )
-        if triton and triton_available is None:
+        if triton and not HAS_TRITON:
             raise ImportError("KahanAdamW(triton=True) needs Triton.")
         self.use_triton = triton
         self._blocks = {}  # (device, numels) -> (numel table, block -> tensor, block -> offset)
@@ -208,7 +209,7 @@ class KahanAdamW(AdamW):
             with torch.enable_grad():
                 loss = closure()
         interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-        use_triton = self.use_triton is not False and triton_available is not None
+        use_triton = self.use_triton is not False and HAS_TRITON
         for group in self.param_groups:
             columns = ([], [], [], [], [])
             self._init_group(group, *columns)
@@ -234,7 +235,13 @@ class KahanAdamW(AdamW):
                 )
             for (device, _, _, kahan, aligned), indices in kinds.items():
                 selected = [[column[i] for i in indices] for column in columns]
-                if use_triton and aligned and (device.type == "cuda" or interpreted or self.use_triton):
+                runs_kernels = device.type == "cuda" or interpreted
+                if self.use_triton and not runs_kernels:
+                    raise ValueError(
+                        f"KahanAdamW(triton=True) runs its kernel on CUDA tensors (or under TRITON_INTERPRET=1); "
+                        f"these are on {device}. Use triton=None or False there."
+                    )
+                if use_triton and aligned and runs_kernels:
                     self._launch(selected, kahan, scalars)
                 else:
                     kahan_adamw_update(*selected, **scalars)
