@@ -371,6 +371,20 @@ def extract(args: DemoArguments, teacher: Path, source: Path, output: Path) -> P
     return output
 
 
+# 5. Students ---------------------------------------------------------------------------------------------------------
+
+# Demo options that name a `lavit train` argument and are not part of the equal budget (`Budget`) or the seed loop.
+STUDENT_OPTIONS = (
+    "num_latent_tokens", "latent_separator", "trajectory_method", "vtop_normalization", "vtop_source", "head_layer",
+)  # fmt: skip
+
+
+def student_settings(args: DemoArguments) -> dict[str, Any]:
+    """The `lavit train` arguments every student shares besides its budget: the frozen vocabulary and tower (as the
+    teacher and the base were trained) and each of `STUDENT_OPTIONS`."""
+    return {"freeze_embeddings": True, "freeze_vision": True} | {name: getattr(args, name) for name in STUDENT_OPTIONS}
+
+
 # 6. Evaluation --------------------------------------------------------------------------------------------------------
 
 
@@ -507,15 +521,7 @@ def main(args: DemoArguments | Any) -> dict[str, Any]:
         stage1_share=args.stage1_share,
         stage2_learning_rate_ratio=args.stage2_learning_rate_ratio,
     )
-    extra = {
-        "freeze_embeddings": True,
-        "freeze_vision": True,
-        "trajectory_method": args.trajectory_method,
-        "vtop_normalization": args.vtop_normalization,
-        "vtop_source": args.vtop_source,
-        "head_layer": args.head_layer,
-        "latent_separator": args.latent_separator,
-    }
+    extra = student_settings(args)
     students: dict[str, dict[int, dict[str, Any]]] = {}
     for variant in resolve_variants(args.variants):
         for seed in args.seeds:

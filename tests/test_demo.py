@@ -96,3 +96,22 @@ def test_trajectory_weighted_vtop_extracts_token_features(vtop_source, token_fea
     args = demo.DemoArguments(out=str(tmp_path), vtop_source=vtop_source)
     demo.extract(args, tmp_path / "teacher", tmp_path / "source.jsonl", tmp_path / "dataset")
     assert seen[0].token_features is token_features
+
+
+def test_every_demo_option_of_lavit_train_reaches_the_students():
+    """A demo option that names a `lavit train` argument trains the students with its value (the budget's own
+    options, the learning rate among them, go through `Budget`; the seed loop sets `seed`)."""
+    import dataclasses
+
+    from trainer.configuration import LaViTTrainingArguments
+
+    training_names = {f.name for f in dataclasses.fields(LaViTTrainingArguments)}
+    shared = {f.name for f in dataclasses.fields(demo.DemoArguments)} & training_names - {"learning_rate", "seed"}
+    args = demo.DemoArguments(
+        num_latent_tokens=16, latent_separator=" ", trajectory_method="attention", vtop_normalization="standardize",
+        vtop_source="trajectory", head_layer=1,
+    )  # fmt: skip
+    settings = demo.student_settings(args)
+    assert shared <= set(settings)
+    assert {name: settings[name] for name in shared} == {name: getattr(args, name) for name in shared}
+    LaViTTrainingArguments(output_dir="unused", use_cpu=True, report_to=[], **settings)
