@@ -197,7 +197,7 @@ def plain_batch(processor, samples: list[dict[str, Any]]) -> dict[str, torch.Ten
     images = [s["image"] for s in samples]
     processor.tokenizer.padding_side = "right"
     inputs = processor(
-        text=[p + s["answer"] + "<|im_end|>\n" for p, s in zip(prompts, samples)],
+        text=[p + s["answer"] + "<|im_end|>\n" for p, s in zip(prompts, samples, strict=True)],
         images=images,
         return_tensors="pt",
         padding=True,
@@ -385,6 +385,27 @@ def student_settings(args: DemoArguments) -> dict[str, Any]:
     return {"freeze_embeddings": True, "freeze_vision": True} | {name: getattr(args, name) for name in STUDENT_OPTIONS}
 
 
+def target_probe_accuracy(args: DemoArguments, base: Path, train_rows: list[dict], test_rows: list[dict]) -> float:
+    """How much of the answer the V_top targets carry: the latent probe's classifier reading the answer from each row's
+    target, as the students' collator computes it (`vtop_source`, `trajectory_method`), trained on the distillation
+    set and scored on the held-out items. A student whose latent state matched its targets exactly would give a
+    linear reader this much."""
+    from transformers import AutoProcessor
+
+    from trainer.collator import DataCollatorForLaViT
+
+    from .experiment import linear_probe_accuracy, vtop_targets
+
+    pixels = args.student_image_size**2
+    collator = DataCollatorForLaViT(
+        AutoProcessor.from_pretrained(base), num_latent_tokens=args.num_latent_tokens,
+        latent_separator=args.latent_separator, trajectory_method=args.trajectory_method, vtop_source=args.vtop_source,
+        min_pixels=pixels, max_pixels=pixels,
+    )  # fmt: skip
+    answers = [row["answer"] for row in train_rows], [row["answer"] for row in test_rows]
+    return linear_probe_accuracy(vtop_targets(collator, train_rows), answers[0], vtop_targets(collator, test_rows), answers[1])
+
+
 # 6. Evaluation --------------------------------------------------------------------------------------------------------
 
 
@@ -538,6 +559,7 @@ def main(args: DemoArguments | Any) -> dict[str, Any]:
         "arguments": asdict(args),
         "teacher": teacher_scores,
         "teacher_trajectory_mass_in_box": trajectory_box_mass(test_rows),
+        "target_probe_accuracy": target_probe_accuracy(args, base, train_rows, test_rows),
         "students": students,
         "test_ids": list(test_dataset["id"]),
         "seconds": round(time.time() - started, 1),

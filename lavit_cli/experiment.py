@@ -310,6 +310,21 @@ def linear_probe_accuracy(
     return sum(classes[p] == label for p, label in zip(predicted, test_labels)) / len(test_labels)
 
 
+@torch.no_grad()
+def vtop_targets(collator, rows: Sequence[dict[str, Any]], batch_size: int = 64) -> torch.Tensor:
+    """The V_top target each row gives a student, computed by the training collator itself (pooled, or weighted by the
+    row's trajectory on the student's grid; token-wise targets mean-pooled over the image). `(rows, teacher_hidden)`."""
+    targets = []
+    for start in range(0, len(rows), batch_size):
+        batch = collator(list(rows[start : start + batch_size]))
+        target = batch["vtop_target"].float()
+        if target.ndim == 3:
+            mask = batch["vtop_target_mask"].unsqueeze(-1).float()
+            target = (target * mask).sum(1) / mask.sum(1)
+        targets.append(target)
+    return torch.cat(targets)
+
+
 def write_json(path: Path, value: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(value, indent=1))
@@ -330,4 +345,5 @@ __all__ = [
     "score_diagnostics",
     "student_trajectory_box_mass",
     "train_variant",
+    "vtop_targets",
 ]

@@ -72,6 +72,13 @@ def findings(summary: dict[str, Any], results: dict[str, Any]) -> list[str]:
                 "no detectable reliance.",
             )
         )
+    if "target_probe_accuracy" in results:
+        lines.append(
+            f"- **What the V_top targets carry**: the latent probe's classifier reads the answer from the teacher's "
+            f"V_top targets themselves (as the students get them) at {results['target_probe_accuracy']:.1%}, where "
+            f"the teacher answers {results['teacher']['accuracy']:.1%}: a student whose latent state matched its "
+            "targets exactly would give a linear reader that much."
+        )
     masses = results["teacher_trajectory_mass_in_box"]
     lines.append(
         "- **Where the teacher looks**: mass of its trajectory inside the marked shape's box, held-out mean: "

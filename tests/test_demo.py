@@ -39,7 +39,10 @@ def test_every_artifact_exists_and_loads(demo_run):
             # Where the student looks: a share of its predicted trajectory, next to a uniform map's share of the box.
             looks = run["trajectory_mass_in_box"]
             assert 0.0 <= looks["student"] <= 1.0 and 0.0 < looks["uniform"] < 1.0
+    # What the V_top targets themselves tell a linear reader about the answer.
+    assert 0.0 <= results["target_probe_accuracy"] <= 1.0
     report = (out / "report.md").read_text()
+    assert "What the V_top targets carry" in report
     assert "| lavit_two_stage |" in report and "## What the numbers show" in report
     assert "lavit_two_stage against ce_only" in report and "relies on its latent tokens" in report
     assert "looks at the box" in report and "Where each student looks" in report
