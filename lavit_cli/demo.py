@@ -466,6 +466,36 @@ def evaluate_student(
     return result
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name where the system says it (Linux), else None."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
+def environment(device: str) -> dict[str, Any]:
+    """What the figures were computed on: the tiny models learn the task late, which amplifies the rounding
+    differences between machines (docs/experiments.md, Machines)."""
+    import platform
+
+    import transformers
+
+    found = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "cpu": cpu_model() or platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+    if device.startswith("cuda"):
+        found["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return found
+
+
 # Orchestration --------------------------------------------------------------------------------------------------------
 
 # What a rerun in the same folder may change: it adds students or scores them elsewhere, reusing everything made before.
@@ -562,6 +592,7 @@ def main(args: DemoArguments | Any) -> dict[str, Any]:
         "target_probe_accuracy": target_probe_accuracy(args, base, train_rows, test_rows),
         "students": students,
         "test_ids": list(test_dataset["id"]),
+        "environment": environment(args.device),
         "seconds": round(time.time() - started, 1),
         "phase_seconds": phases,
     }

@@ -151,6 +151,18 @@ def loss_curves(out: Path, variants: list[str], seed: int, path: Path) -> None:
     plt.close(figure)
 
 
+def environment_line(results: dict[str, Any]) -> list[str]:
+    found = results.get("environment")
+    if not found:
+        return []
+    where = f"{found['device']}" + (f" ({found['gpu']})" if "gpu" in found else "")
+    return [
+        f"- Computed with torch {found['torch']} and transformers {found['transformers']} on {where}, CPU "
+        f"{found['cpu']} ({found['cpu_capability']}, {found['threads']} threads). Figures can differ between machines "
+        "(docs/experiments.md, Machines): compare figures within one report."
+    ]
+
+
 def write_report(out: Path, results: dict[str, Any]) -> str:
     args = results["arguments"]
     summary = summarise(results)
@@ -179,6 +191,7 @@ def write_report(out: Path, results: dict[str, Any]) -> str:
         f"{args['seeds']}; trajectory target: the teacher's {args['trajectory_method']} trajectory; V_top targets: "
         f"{args['vtop_normalization']}, {args.get('vtop_source', 'pooled')}; heads on the "
         + ("final states." if args.get("head_layer") is None else f"states after {args['head_layer']} layers."),
+        *environment_line(results),
         "- Diagnostics: `normal` decoding, `force` (the latent tokens written into the prompt), `mask` (forced, then "
         "hidden from every later position). Intervals: 95% bootstrap over seeds and items.",
         "",

@@ -43,6 +43,9 @@ def test_every_artifact_exists_and_loads(demo_run):
     assert 0.0 <= results["target_probe_accuracy"] <= 1.0
     report = (out / "report.md").read_text()
     assert "What the V_top targets carry" in report
+    # What the figures were computed on, since the teacher's training depends on the CPU's floating-point kernels.
+    assert results["environment"]["torch"] and results["environment"]["device"] == "cpu"
+    assert f"torch {results['environment']['torch']}" in report
     assert "| lavit_two_stage |" in report and "## What the numbers show" in report
     assert "lavit_two_stage against ce_only" in report and "relies on its latent tokens" in report
     assert "looks at the box" in report and "Where each student looks" in report
