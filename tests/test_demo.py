@@ -82,6 +82,31 @@ def test_a_rerun_resumes_from_the_artifacts(demo_run, monkeypatch):
     assert {k: v for k, v in again.items() if k not in timings} == {k: v for k, v in scores.items() if k not in timings}
 
 
+def test_the_ablation_trains_every_variant_at_one_budget_and_reports_each(demo_run):
+    """`--ablation` in the default run's folder (after the resume test, which needs it as the default run left it)
+    adds every other variant at the same steps, batch and stage split, and the report compares each with CE-only and
+    tests each for reliance."""
+    from lavit_cli.experiment import PAPER_STAGE1_SHARE, VARIANTS
+
+    out = demo_run[0]
+    steps, batch_size = int(ARGS[ARGS.index("--student_steps") + 1]), int(ARGS[ARGS.index("--batch_size") + 1])
+    results = demo.main(demo.make_parser().parse_args(["--out", str(out), *ARGS, "--ablation"]))
+    assert set(results["students"]) == set(VARIANTS)
+    report = (out / "report.md").read_text()
+    for name, variant in VARIANTS.items():
+        assert set(results["students"][name]) == {0, 1}
+        for seed_dir in (out / "students" / name / f"seed{seed}" for seed in (0, 1)):
+            stages = [seed_dir / "stage1", seed_dir / "stage2"] if variant.two_stage else [seed_dir]
+            states = [json.loads((stage / "trainer_state.json").read_text()) for stage in stages]
+            assert sum(state["global_step"] for state in states) == steps
+            assert {state["train_batch_size"] for state in states} == {batch_size}
+            if variant.two_stage:
+                assert states[0]["global_step"] == round(steps * PAPER_STAGE1_SHARE)
+        assert f"| {name} |" in report and f"**{name} relies on its latent tokens?**" in report
+        if name != "ce_only":
+            assert f"**{name} against ce_only**" in report
+
+
 @pytest.mark.parametrize(("temperature", "expected"), [(None, None), (0.1, 0.1)])
 def test_the_gradient_temperature_reaches_the_extraction(temperature, expected, tmp_path, monkeypatch):
     from datasets_scripts import extract as extraction
