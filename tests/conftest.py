@@ -2,6 +2,7 @@
 
 import copy
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,24 @@ def tiny_teacher_dir(tmp_path_factory, tiny_teacher_pair):
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def module_tmp_dir(request, tmp_path_factory):
+    """`make(name)`: a new folder for a test module's shared artifacts, removed when the module's tests are done
+    unless one failed (each tiny model carries the real 151k-token vocabulary, 40-160 MB a checkpoint, so folders kept
+    until the session ends would add up to gigabytes)."""
+    failed_before = request.session.testsfailed
+    made = []
+
+    def make(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield make
+    if request.session.testsfailed == failed_before:
+        for folder in made:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

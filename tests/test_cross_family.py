@@ -28,9 +28,9 @@ SIZES = [(140, 84), (196, 112), (84, 168), (224, 140)]  # (width, height): grids
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory):
+def source(module_tmp_dir):
     """A plain JSONL source of four images of different shapes."""
-    root = tmp_path_factory.mktemp("cross_family_source")
+    root = module_tmp_dir("cross_family_source")
     generator = torch.Generator().manual_seed(0)
     lines = []
     for index, (width, height) in enumerate(SIZES):

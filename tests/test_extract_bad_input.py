@@ -46,10 +46,10 @@ MID_GREY_16 = 32896  # 128 * 257: mid-grey at 16 bits, 128 at 8 bits
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory) -> Path:
+def images(module_tmp_dir) -> Path:
     """Noise images of a few sizes (56x56: a 29-token prompt, 224x224: 89 tokens, 500x400 for pixel boxes) and
     greys at 16 and 8 bits."""
-    root = tmp_path_factory.mktemp("bad_input_images")
+    root = module_tmp_dir("bad_input_images")
     for i, (name, size) in enumerate([("a.png", (56, 56)), ("big.png", (224, 224)), ("wide.png", (500, 400))]):
         Image.effect_noise(size, 40 + 10 * i).convert("RGB").save(root / name)
     Image.fromarray(np.full((56, 56), MID_GREY_16, dtype=np.uint16)).save(root / "grey16.png")

@@ -33,8 +33,8 @@ MAX_LENGTH = "150"
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    root = tmp_path_factory.mktemp("batching")
+def source(module_tmp_dir):
+    root = module_tmp_dir("batching")
     generator = torch.Generator().manual_seed(0)
     lines = []
     for i, ((w, h), question, answer) in enumerate([*RECORDS[:3], LONG, *RECORDS[3:]]):
@@ -47,9 +47,9 @@ def source(tmp_path_factory):
 
 
 @pytest.fixture(scope="module", params=list(TEACHER_FAMILIES))
-def teacher_dir(request, tmp_path_factory):
+def teacher_dir(request, module_tmp_dir):
     model, processor = build_tiny_base(request.param, seed=1)
-    out = tmp_path_factory.mktemp(f"teacher_{request.param}")
+    out = module_tmp_dir(f"teacher_{request.param}")
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out

@@ -37,8 +37,8 @@ def viscot(qid, image, question="What is in the corner?", answer="A square."):
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("extract")
+def workspace(module_tmp_dir):
+    root = module_tmp_dir("extract")
     (root / "images").mkdir()
     generator = torch.Generator().manual_seed(0)
     for i, (w, h) in enumerate(SIZES):

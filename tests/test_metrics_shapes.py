@@ -9,8 +9,8 @@ from lavit_cli import task as synthetic
 
 
 @pytest.fixture(scope="module")
-def split(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("shapes")
+def split(module_tmp_dir):
+    folder = module_tmp_dir("shapes")
     samples = synthetic.generate_samples(12, seed=0, split="test", question_types=synthetic.QUESTION_TYPES)
     synthetic.write_jsonl_source(samples, folder)
     return folder, samples

@@ -77,9 +77,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory) -> Path:
+def source(module_tmp_dir) -> Path:
     """Six small generated images and a plain JSONL source (image, question, answer, question_id)."""
-    root = tmp_path_factory.mktemp("multiprocess_source")
+    root = module_tmp_dir("multiprocess_source")
     (root / "images").mkdir()
     generator = torch.Generator().manual_seed(0)
     lines = []
@@ -131,9 +131,9 @@ def test_extract_two_processes_equal_one(source, tiny_teacher_dir, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def train_inputs(tmp_path_factory, tiny_lavit_pair) -> tuple[Path, Path]:
+def train_inputs(module_tmp_dir, tiny_lavit_pair) -> tuple[Path, Path]:
     """The tiny LaViT student saved with `save_pretrained`, and a two-row LaViT dataset on disk."""
-    root = tmp_path_factory.mktemp("multiprocess_train")
+    root = module_tmp_dir("multiprocess_train")
     tiny_lavit_pair[0].save_pretrained(root / "student")  # writes the attached processor too
     # Two rows, one per student grid (one resampled from the teacher's): every step's global batch is both rows.
     synthetic_lavit_dataset(2, D, teacher_grids=((2, 2), (3, 5))).to_parquet(

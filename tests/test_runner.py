@@ -29,9 +29,9 @@ TINY_LIMITS = ["--min_pixels", "3136", "--max_pixels", "50176"]
 
 
 @pytest.fixture(scope="module")
-def mmvp_root(tmp_path_factory, bench_samples):
+def mmvp_root(module_tmp_dir, bench_samples):
     """The first MMVP pair in its official layout: Questions.csv and `MMVP Images/<Index>.jpg`."""
-    root = tmp_path_factory.mktemp("mmvp")
+    root = module_tmp_dir("mmvp")
     with (bench_samples / "mmvp" / "Questions_reconstructed_from_visualsketchpad.csv").open(newline="") as handle:
         rows = list(csv.reader(handle))[:3]
     with (root / "Questions.csv").open("w", newline="") as handle:
@@ -62,17 +62,17 @@ def _save(model, processor, folder, min_pixels, max_pixels):
 
 
 @pytest.fixture(scope="module")
-def student_dir(tmp_path_factory, tiny_lavit_pair):
+def student_dir(module_tmp_dir, tiny_lavit_pair):
     """A tiny LaViT student trained (saved) at pixel limits other than the tiny defaults."""
     model, processor = tiny_lavit_pair
-    return _save(model, processor, tmp_path_factory.mktemp("runs") / "student", 3136, 12544)
+    return _save(model, processor, module_tmp_dir("runs") / "student", 3136, 12544)
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory, tiny_teacher_pair):
+def base_dir(module_tmp_dir, tiny_teacher_pair):
     """A tiny base Qwen2.5-VL, saved at its own (tiny default) pixel limits."""
     model, processor = tiny_teacher_pair
-    return _save(model, processor, tmp_path_factory.mktemp("runs") / "base", 3136, 50176)
+    return _save(model, processor, module_tmp_dir("runs") / "base", 3136, 50176)
 
 
 def run_eval(models, mmvp_root, output_dir, *flags):

@@ -68,12 +68,12 @@ def test_generation_is_deterministic_and_checks_its_types():
     first = generate_samples(12, seed=3, image_size=112, split="test")
     again = generate_samples(12, seed=3, image_size=112, split="test")
     assert [s["question"] for s in first] == [s["question"] for s in again]
-    assert all(a["image"].tobytes() == b["image"].tobytes() for a, b in zip(first, again))
+    assert all(a["image"].tobytes() == b["image"].tobytes() for a, b in zip(first, again, strict=True))
     assert {s["question_type"] for s in first} <= set(DEFAULT_QUESTION_TYPES)
     assert all(0.0 <= value <= 1.0 for s in first for value in s["bbox"])
     other = generate_samples(12, seed=3, image_size=112, split="train")
     assert [s["question"] for s in other] != [s["question"] for s in first] or any(
-        a["image"].tobytes() != b["image"].tobytes() for a, b in zip(first, other)
+        a["image"].tobytes() != b["image"].tobytes() for a, b in zip(first, other, strict=True)
     )
     with pytest.raises(ValueError, match="Question types"):
         generate_samples(2, seed=0, question_types=("colour_of_sky",))

@@ -318,17 +318,17 @@ def test_non_lavit_arguments_and_two_stage_are_refused(tiny_lavit, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory):
+def dataset_dir(module_tmp_dir):
     """A LaViT dataset on disk as extraction writes it (Hub-style parquet shards), with a test split."""
-    folder = tmp_path_factory.mktemp("lavit_dataset")
+    folder = module_tmp_dir("lavit_dataset")
     synthetic_lavit_dataset(4, D, teacher_grids=((2, 2), (3, 5))).to_parquet(folder / "data" / "train-00000-of-00001.parquet")
     synthetic_lavit_dataset(2, D, seed=1).to_parquet(folder / "data" / "test-00000-of-00001.parquet")
     return folder
 
 
 @pytest.fixture(scope="module")
-def student_dir(tmp_path_factory, tiny_lavit_pair):
-    folder = tmp_path_factory.mktemp("tiny_student")
+def student_dir(module_tmp_dir, tiny_lavit_pair):
+    folder = module_tmp_dir("tiny_student")
     tiny_lavit_pair[0].save_pretrained(folder)  # writes the attached processor too
     return folder
 

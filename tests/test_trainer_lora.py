@@ -46,11 +46,11 @@ def dataset():
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_lavit_pair, dataset, tmp_path_factory):
+def trained(tiny_lavit_pair, dataset, module_tmp_dir):
     """A LoRA run of two steps on the tiny student, its model saved; with the weights before training."""
     model, processor = copy.deepcopy(tiny_lavit_pair[0]), tiny_lavit_pair[1]
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    output_dir = tmp_path_factory.mktemp("lora")
+    output_dir = module_tmp_dir("lora")
     student = output_dir / "student"
     model.save_pretrained(student)  # the base the adapter names (a LaViT checkpoint on disk)
     model = type(model).from_pretrained(student)

@@ -25,15 +25,15 @@ SMALL = ((56, 56),)  # one 2x2 student grid: the cheapest image
 
 
 @pytest.fixture(scope="module")
-def student_dir(tmp_path_factory, tiny_lavit_pair):
-    folder = tmp_path_factory.mktemp("student")
+def student_dir(module_tmp_dir, tiny_lavit_pair):
+    folder = module_tmp_dir("student")
     tiny_lavit_pair[0].save_pretrained(folder)  # writes the attached processor too
     return folder
 
 
 @pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
+def dataset_dir(module_tmp_dir):
+    folder = module_tmp_dir("data")
     rows = synthetic_lavit_dataset(4, D, image_sizes=SMALL, teacher_grids=((2, 2),))
     rows.to_parquet(folder / "data" / "train-00000-of-00001.parquet")
     return folder
