@@ -26,9 +26,9 @@ batch per image size (uniform); with `--mixed_batches N`, N batches of images of
 random order (`mixed random`: padded to the longest sample of each batch) and in the order of the trainer's
 length-grouped sampler (`mixed grouped`, `train_sampling_strategy="group_by_length"`: megabatches of 50 batches
 sorted by token length, as on a large dataset); `tokens/s / uniform` compares each row with the same model on the
-largest uniform case. The plain step is `Qwen2_5_VLForConditionalGeneration`
-with the same `input_ids`, `labels` and pixels and no teacher targets (its LM head projects every position), given
-LaViT's two generic vision speed-ups (packed window attention, frozen tower without autograd) so that the ratios
+largest uniform case. The plain step is `Qwen2_5_VLForConditionalGeneration` with the same `input_ids`, `labels`
+and pixels and no teacher targets (its LM head projects every position), given LaViT's generic vision speed-ups
+(packed window attention, frozen tower without autograd, the patch embedding as one GEMM on CUDA) so that the ratios
 measure LaViT's own cost; `--stock_plain` adds a row for Qwen2.5-VL exactly as transformers runs it. `--compile`
 (default: `all` on CUDA, `none` on the CPU) compiles each decoder layer (`language`), and each vision block too
 (`all`), of both models in place, as `LaViTTrainer` does under `torch_compile=True`; the warm-up steps absorb the
@@ -37,8 +37,9 @@ compilation.
 Reported per row: seconds per step, tokens per second (non-padding tokens of the batch), peak allocated memory, MFU and
 the ratios to the plain step of the same case. Both models run the vision tower's windowed attention as one sdpa call
 per layer (`use_packed_vision_attention`, what `LaViTTrainer` sets) unless `--vision_attention loop` (Qwen's loop of
-one sdpa call per window). `--grad_accum N` times N micro-batches per optimiser step (the trainer's default is 16)
-and reports seconds per micro-batch.
+one sdpa call per window), and on CUDA the patch embedding's Conv3d as one GEMM as `LaViTTrainer` runs it there
+(`--patch_embedding conv` keeps cuDNN's convolution). `--grad_accum N` times N micro-batches per optimiser step (the
+trainer's default is 16) and reports seconds per micro-batch.
 
 `--profile` instead profiles one step of the plain model and of a LaViT stage (`--profile_stage`, default 1) on one
 case (`--profile_case`, default the largest image) with `torch.profiler`, for each vision attention
@@ -113,10 +114,12 @@ def build_model(
     compile_blocks: str = "none",
     text_attention: str = "sdpa",
     peft: str = "none",
+    linear_patch_embedding: bool = False,
 ):
     """A random Qwen2.5-VL (`kind="plain"`, or `"stock"`) or LaViT student of `shape`, vision tower frozen;
     `vision_attention` "packed" (one sdpa call per layer, as `LaViTTrainer` sets) or "loop" (Qwen's one call per
-    window).
+    window). `linear_patch_embedding`: the tower's patch embedding as one GEMM, as `LaViTTrainer` runs it on CUDA
+    (`lavit_hf.patch_embedding.use_linear_patch_embedding`; not for `"stock"`).
 
     Activation checkpointing (`gradient_checkpointing_enable`) hooks every input embedding, the vision tower's patch
     embedding included, to make its output require grad: stock Qwen2.5-VL then records autograd through the whole
@@ -130,6 +133,7 @@ def build_model(
 
     from lavit_hf import LaViTConfig, LaViTForConditionalGeneration, add_latent_tokens
     from lavit_hf.attention import use_packed_vision_attention
+    from lavit_hf.patch_embedding import use_linear_patch_embedding
 
     fields = model_config(shape, len(processor.tokenizer))
     if kind in ("plain", "stock"):
@@ -160,6 +164,8 @@ def build_model(
         model.model.get_image_features = frozen_image_features  # an instance attribute shadows the method
     if peft != "none" and kind == "lavit":
         model = lora_student(model, processor, shape, device, dtype, quantised=peft == "qlora")
+    if linear_patch_embedding and kind != "stock":
+        use_linear_patch_embedding(model)
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if compile_blocks != "none":  # what `LaViTTrainer` does under `torch_compile=True`
@@ -324,6 +330,7 @@ def measure(kind: str, stages: list[int], batches: dict, args, processor, dtype)
         compile_blocks=args.compile if kind != "stock" else "none",
         text_attention=args.text_attention,
         peft=args.peft,
+        linear_patch_embedding=args.patch_embedding == "linear",
     )
     num_params = sum(p.numel() for p in model.parameters())
     results = []
@@ -393,8 +400,9 @@ def _profile_model(kind: str, stage: int, batch: dict, case: str, args, processo
 
     device = args.device  # CPU: a smoke run of this code
     model = build_model(
-        kind, args.shape, processor, device, dtype, not args.no_checkpointing, "loop", compile_blocks=args.compile
-    )
+        kind, args.shape, processor, device, dtype, not args.no_checkpointing, "loop", compile_blocks=args.compile,
+        linear_patch_embedding=args.patch_embedding == "linear",
+    )  # fmt: skip
     name = "qwen2.5-vl" if kind == "plain" else f"lavit stage {stage}"
     if kind == "plain":  # the stock tower, with autograd through it, as in transformers
         del model.model.get_image_features
@@ -534,6 +542,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vision_attention", choices=["packed", "loop"], default="packed",
                         help="vision tower attention: one sdpa call per layer (as LaViTTrainer sets) or one per "
                         "window")
+    parser.add_argument("--patch_embedding", choices=["linear", "conv"], default=None,
+                        help="the vision tower's patch embedding as one GEMM (linear) or cuDNN's Conv3d (conv), in "
+                        "every row but the stock one (default: linear on CUDA, as lavit train there; conv on the CPU)")
     parser.add_argument("--text_attention", choices=["sdpa", "flex"], default="sdpa",
                         help="LaViT's language-model attention: sdpa, or flex attention (the stage-1 rule as a block "
                         "mask); the plain model stays on sdpa")
@@ -586,6 +597,7 @@ def apply_recipe(args: argparse.Namespace) -> None:
     args.dtype = args.dtype or "float32"
     args.no_checkpointing = bool(args.no_checkpointing)
     args.compile = args.compile or ("all" if args.device.startswith("cuda") else "none")
+    args.patch_embedding = args.patch_embedding or ("linear" if args.device.startswith("cuda") else "conv")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -51,6 +51,7 @@ from lavit_hf import schema
 from lavit_hf.attention import use_packed_vision_attention
 from lavit_hf.grids import BBOX_FRAMES, box_mass
 from lavit_hf.layout import check_text, pixel_limits, render_prompt, reserved_tokens
+from lavit_hf.patch_embedding import use_linear_patch_embedding
 
 from .card import write_card, write_manifest
 from .sources import (
@@ -505,6 +506,9 @@ def load_teacher(path: str, device: str, dtype: str = "auto"):
     if family.packed_vision:
         # Speed only: the vision tower's windows in one sdpa call per layer instead of a Python loop over windows.
         use_packed_vision_attention(model)
+    if str(device).startswith("cuda"):
+        # Speed only: the patch embedding's Conv3d as one GEMM (cuDNN runs the convolution far slower).
+        use_linear_patch_embedding(model)
     return model.to(device)
 
 

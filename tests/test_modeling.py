@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from lavit_hf import STUDENT_FAMILIES
 from lavit_hf.heads import align_trajectory_target
@@ -543,6 +544,46 @@ def test_packed_vision_attention_equals_the_window_loop(student, sizes):
     assert (ours_bf16 - loop).norm() / loop.norm() < 2e-2
     assert (ours_bf16 - loop).norm() <= 1.5 * (loop_bf16 - loop).norm() + 1e-6
     assert not use_packed_vision_attention(model)  # only "sdpa" is switched
+
+
+def test_linear_patch_embedding_equals_the_convolution(student, tmp_path):
+    """The patch embedding as one GEMM on the Conv3d's own weight gives the tower's features and the weight's
+    gradient of the convolution, keeps every parameter and saved tensor, switches once, and steps aside for a `proj`
+    replaced after the switch (an adapter on it would otherwise be bypassed)."""
+    from lavit_hf.patch_embedding import use_linear_patch_embedding
+
+    model, processor = student
+    model = clone(model).float()
+    pixels, grid = vision_inputs(processor, [(112, 84), (56, 56)])
+    tower = model.model.visual
+    results = {}
+    for linear in (False, True):
+        if linear:
+            assert use_linear_patch_embedding(model) == 1
+        out = tower(pixels, grid_thw=grid).pooler_output
+        (gradient,) = torch.autograd.grad(out.square().sum(), tower.patch_embed.proj.weight)
+        results[linear] = out.detach(), gradient
+    torch.testing.assert_close(results[True][0], results[False][0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(results[True][1], results[False][1], atol=1e-5, rtol=1e-4)
+    assert use_linear_patch_embedding(model) == 0
+    # What is saved is what the stock module saves, tensor for tensor.
+    stock = clone(student[0]).float()
+    for folder, saved in (("switched", model), ("stock", stock)):
+        saved.save_pretrained(tmp_path / folder)
+    switched, stock = (load_file(tmp_path / folder / "model.safetensors") for folder in ("switched", "stock"))
+    assert switched.keys() == stock.keys() and all(torch.equal(switched[key], stock[key]) for key in stock)
+
+    class Shifted(torch.nn.Conv3d):  # stands for an adapter's layer: a Conv3d that adds to the convolution
+        def forward(self, x):
+            return super().forward(x) + 1.0
+
+    embed = tower.patch_embed
+    patches = pixels[:8]
+    plain = embed(patches)
+    conv = embed.proj
+    embed.proj = Shifted(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, bias=conv.bias is not None)
+    embed.proj.load_state_dict(conv.state_dict())
+    torch.testing.assert_close(embed(patches), plain + 1.0, atol=1e-5, rtol=1e-4)
 
 
 def test_frozen_vision_tower_runs_without_autograd(student, inputs):

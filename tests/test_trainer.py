@@ -224,6 +224,34 @@ def test_torch_compile_compiles_each_block_in_place(tiny_lavit_pair, dataset, tm
         torch.testing.assert_close(runs[True][1][name], value, rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_linear_patch_embedding_switches_the_tower_and_trains_as_the_convolution(tiny_lavit_pair, dataset, tmp_path):
+    """`linear_patch_embedding=True` (the default on a CUDA run, off on the CPU) runs the tower's patch embedding as
+    one GEMM on the same weight; the state-dict keys stay, and the vision tower (unfrozen here, so its patch
+    embedding's weight trains) takes the same steps as with the convolution."""
+    from lavit_hf.patch_embedding import linear_patch_embedding_forward
+
+    assert LaViTTrainingArguments(output_dir=str(tmp_path), use_cpu=True).linear_patch_embedding is False
+    runs = {}
+    for linear in (False, True):
+        model = copy.deepcopy(tiny_lavit_pair[0])
+        keys = list(model.state_dict())
+        args = _args(
+            tmp_path / str(linear), max_steps=2, freeze_vision=False, linear_patch_embedding=linear, optim="sgd"
+        )  # SGD: Adam would turn rounding-level differences of near-zero gradients into steps of the learning rate
+        trainer = LaViTTrainer(model, args, train_dataset=dataset.select(range(4)), processing_class=tiny_lavit_pair[1])
+        trainer.train()
+        forward = model.model.visual.patch_embed.forward
+        assert (getattr(forward, "__func__", None) is linear_patch_embedding_forward) == linear
+        assert list(model.state_dict()) == keys
+        runs[linear] = [_logged(trainer, key) for key in ("loss", *LOSSES)], model.state_dict()
+    for conv, linear in zip(runs[False][0], runs[True][0], strict=True):
+        assert linear == pytest.approx(conv, rel=1e-4)
+    for name, value in runs[False][1].items():
+        torch.testing.assert_close(runs[True][1][name], value, rtol=1e-4, atol=1e-5, msg=name)
+    patch_weight = "model.visual.patch_embed.proj.weight"
+    assert not torch.equal(runs[True][1][patch_weight], tiny_lavit_pair[0].state_dict()[patch_weight])
+
+
 def _capture_decoder_mask(model):
     """Record the attention mask that the first decoder layer receives in each forward."""
     seen = []

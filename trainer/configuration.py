@@ -78,6 +78,10 @@ class LaViTTrainingArguments(TrainingArguments):
     >   (docs/pitfalls.md, Trainer).
     > - `bf16=None`, resolved to `True` where a CUDA device supports bfloat16, else `False`.
     > - `torch_compile=None`, resolved to `True` on a single-process or DDP CUDA run, else `False` (see below).
+    > - `linear_patch_embedding=None`, resolved to `True` on a CUDA run, else `False`: the Qwen towers' patch
+    >   embedding, a `Conv3d` whose kernel equals its stride, runs as the GEMM it is
+    >   (`lavit_hf.patch_embedding.use_linear_patch_embedding`; same weights and function, cuDNN's convolution being
+    >   the slow path).
     > - `model_dtype=None`, resolved to `"float32"` (`"bfloat16"` under `speed_recipe="bf16_kahan"`).
     > - `activation_checkpointing=None`, resolved to `True` (`False` under `speed_recipe="bf16_kahan"`), with
     >   `activation_checkpointing_kwargs={"use_reentrant": False}` (the vision tower is frozen, so reentrant
@@ -363,6 +367,14 @@ class LaViTTrainingArguments(TrainingArguments):
             "single-process or DDP CUDA run (same numerics, faster steps), off otherwise."
         },
     )
+    linear_patch_embedding: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Run the Qwen vision towers' patch embedding (a Conv3d whose kernel equals its stride) as one "
+            "matrix product on the same weight: the same function up to summation order, and far faster than "
+            "cuDNN's convolution; unset: on for a CUDA run, off otherwise."
+        },
+    )
     activation_checkpointing: bool | None = field(
         default=None,
         metadata={"help": "Activation (gradient) checkpointing; unset: on (reference recipe), or the speed recipe's."},
@@ -395,6 +407,8 @@ class LaViTTrainingArguments(TrainingArguments):
             self.torch_compile = bool(
                 torch.cuda.is_available() and not self.use_cpu and not self.fsdp and not self.deepspeed
             )
+        if self.linear_patch_embedding is None:
+            self.linear_patch_embedding = bool(torch.cuda.is_available() and not self.use_cpu)
         self._check_choices()
         self._check_ranges()
         self._check_peft()

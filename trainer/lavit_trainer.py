@@ -30,6 +30,7 @@ from lavit_hf.attention import use_packed_vision_attention
 from lavit_hf.compilation import compile_repeated_blocks
 from lavit_hf.layout import set_pixel_limits
 from lavit_hf.losses import LOSS_TERMS, LOSS_WEIGHTS, ce_enters_loss, combine_losses, loss_weights
+from lavit_hf.patch_embedding import use_linear_patch_embedding
 
 from .collator import DataCollatorForLaViT, vtop_statistics
 from .configuration import LaViTTrainingArguments
@@ -281,6 +282,8 @@ class LaViTTrainer(Trainer):
         # Speed only (same function): the vision tower's windowed attention as one sdpa call per layer instead of one
         # per window after a host sync (lavit_hf.attention.packed_sdpa_attention_forward); only "sdpa" is switched.
         use_packed_vision_attention(model)
+        if args.linear_patch_embedding:
+            use_linear_patch_embedding(model)
         if args.freeze_vision and not peft:
             model.model.visual.requires_grad_(False)
         if args.freeze_embeddings and not peft:
