@@ -34,9 +34,10 @@ def _is_patchwise(conv: nn.Module) -> bool:
 def linear_patch_embedding_forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
     """The family's patch embedding forward (`(patches, channels * frames * height * width)` in, `(patches,
     embed_dim)` out) as one GEMM. Should `proj` have been replaced since the switch (a PEFT adapter on it, say), the
-    family's own forward runs instead, so the replacement is never bypassed."""
+    family's own forward runs instead, so the replacement is never bypassed; so it does while DeepSpeed ZeRO-3
+    partitions the weight (`ds_id`), which it gathers only around a call of `proj` itself."""
     conv = self.proj
-    if not _is_patchwise(conv):
+    if not _is_patchwise(conv) or hasattr(conv.weight, "ds_id"):
         return type(self).forward(self, hidden_states)
     weight = conv.weight
     patches = hidden_states.reshape(-1, weight[0].numel()).to(weight.dtype)

@@ -584,6 +584,16 @@ def test_linear_patch_embedding_equals_the_convolution(student, tmp_path):
     embed.proj = Shifted(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, bias=conv.bias is not None)
     embed.proj.load_state_dict(conv.state_dict())
     torch.testing.assert_close(embed(patches), plain + 1.0, atol=1e-5, rtol=1e-4)
+    # A ZeRO-3 partitioned weight is gathered only around a call of the convolution itself: that call is made.
+    embed.proj = conv
+    calls = []
+    handle = conv.register_forward_pre_hook(lambda module, args: calls.append(1))
+    embed(patches)
+    assert not calls
+    conv.weight.ds_id = 0
+    torch.testing.assert_close(embed(patches), plain, atol=1e-5, rtol=1e-4)
+    assert calls
+    handle.remove()
 
 
 def test_frozen_vision_tower_runs_without_autograd(student, inputs):
