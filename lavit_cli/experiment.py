@@ -204,7 +204,7 @@ def score_diagnostics(
 
     model = AutoModelForImageTextToText.from_pretrained(model_dir).to(device)
     processor = AutoProcessor.from_pretrained(model_dir)
-    answers = dict(zip(test_dataset["id"], test_dataset["answer"]))
+    answers = dict(zip(test_dataset["id"], test_dataset["answer"], strict=True))
     results = {}
     for diagnostic in diagnostics:
         runner = EvalRunner(
@@ -307,7 +307,7 @@ def linear_probe_accuracy(
     with torch.enable_grad():
         optimizer.step(closure)
     predicted = probe(x_test).argmax(-1).tolist()
-    return sum(classes[p] == label for p, label in zip(predicted, test_labels)) / len(test_labels)
+    return sum(classes[p] == label for p, label in zip(predicted, test_labels, strict=True)) / len(test_labels)
 
 
 @torch.no_grad()

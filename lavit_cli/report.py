@@ -139,10 +139,10 @@ def loss_curves(out: Path, variants: list[str], seed: int, path: Path) -> None:
                         series[term][0].append(offset + entry["step"])
                         series[term][1].append(entry[term])
             offset += max((entry.get("step", 0) for entry in history), default=0)
-        for axis, term in zip(axes, terms):
+        for axis, term in zip(axes, terms, strict=True):
             if series[term][0]:
                 axis.plot(*series[term], label=variant)
-    for axis, term in zip(axes, terms):
+    for axis, term in zip(axes, terms, strict=True):
         axis.set_title(term)
         axis.set_xlabel("step")
         axis.legend(fontsize=7)

@@ -93,7 +93,7 @@ def place_shapes(rng: random.Random, size: int, count: int) -> list[Shape]:
     columns = rng.sample(range(count), count)
     radii = rng.sample(range(size // 14, size // 6 + 1), count)
     shapes = []
-    for kind, colour, column, radius in zip(kinds, colours, columns, radii):
+    for kind, colour, column, radius in zip(kinds, colours, columns, radii, strict=True):
         width = size // count
         x = column * width + width // 2
         y = rng.randint(radius + 1, size - radius - 2)

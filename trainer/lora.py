@@ -162,7 +162,6 @@ def load_lora_checkpoint(folder: str | os.PathLike, is_trainable: bool = False, 
     (dtype, quantization_config, ...) go to the base's `from_pretrained`."""
     require_peft()
     from peft import PeftConfig, PeftModel
-
     from transformers import AutoModelForImageTextToText
 
     import lavit_hf  # noqa: F401  (registers every LaViT family with the Auto classes)
