@@ -7,14 +7,13 @@
 whose kernel equals its stride, as `F.linear` on the same weight (`lavit_hf.patch_embedding`). Here both run on the
 same pixels, `--batch_size` images of `--image_size` cut into patches as the processor cuts them, in `--dtype`, under
 `torch.no_grad` as the frozen tower runs in training: the patch embedding alone, then the whole tower forward with its
-windowed attention packed (`use_packed_vision_attention`, as the trainer sets). Reported: the median seconds over
+windowed attention packed (`PACKED_VISION_ATTENTION`, as the trainer sets). Reported: the mean seconds over
 `--steps` timed calls after a warm-up, the ratio of the reference (Conv3d) time to the GEMM's, and how far the GEMM's
 outputs lie from the convolution's (relative norm of the difference; the same function summed in another order).
 """
 
 import argparse
 import copy
-import statistics
 import sys
 from pathlib import Path
 
@@ -24,28 +23,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from shapes import shape_config  # noqa: E402
+from train_step import cuda_seconds  # noqa: E402
 
 
-def timed(fn, device: str, warmup: int, steps: int) -> float:
-    """Median seconds of `fn()` over `steps` calls after `warmup` calls (CUDA events on a GPU)."""
+def timed(fn, warmup: int, steps: int) -> float:
+    """Mean seconds of `fn()` over `steps` synchronised calls after `warmup` calls."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(steps):
-        if device.startswith("cuda"):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1000)
-        else:
-            import time
-
-            begin = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - begin)
-    return statistics.median(times)
+    return cuda_seconds(fn, repeats=steps)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -95,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
             ours = call(linear_tower).float()
             error = ((ours - reference).norm() / reference.norm()).item()
             conv_s, linear_s = (
-                timed(lambda tower=tower, call=call: call(tower), args.device, args.warmup, args.steps)
+                timed(lambda tower=tower, call=call: call(tower), args.warmup, args.steps)
                 for tower in (conv_tower, linear_tower)
             )
             rows.append((part, conv_s, linear_s, error))
