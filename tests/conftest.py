@@ -91,7 +91,7 @@ def tiny_teacher_dir(tmp_path_factory, tiny_teacher_pair):
 @pytest.fixture(scope="module")
 def module_tmp_dir(request, tmp_path_factory):
     """`make(name)`: a new folder for a test module's shared artifacts, removed when the module's tests are done
-    unless one failed (each tiny model carries the real 151k-token vocabulary, 40-160 MB a checkpoint, so folders kept
+    unless one failed (each tiny model carries the real 151k-token vocabulary, 50-160 MB a checkpoint, so folders kept
     until the session ends would add up to gigabytes)."""
     failed_before = request.session.testsfailed
     made = []

@@ -567,8 +567,7 @@ def test_linear_patch_embedding_equals_the_convolution(student, tmp_path):
     torch.testing.assert_close(results[True][1], results[False][1], atol=1e-5, rtol=1e-4)
     assert use_linear_patch_embedding(model) == 0
     # What is saved is what the stock module saves, tensor for tensor.
-    stock = clone(student[0]).float()
-    for folder, saved in (("switched", model), ("stock", stock)):
+    for folder, saved in (("switched", model), ("stock", clone(student[0]).float())):
         saved.save_pretrained(tmp_path / folder)
     switched, stock = (load_file(tmp_path / folder / "model.safetensors") for folder in ("switched", "stock"))
     assert switched.keys() == stock.keys() and all(torch.equal(switched[key], stock[key]) for key in stock)
