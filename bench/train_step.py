@@ -9,6 +9,7 @@
                                                                            # QLoRA (LoRA on a 4-bit base)
     python bench/train_step.py --shape tiny --device cpu                   # smoke run, well under a minute
     python bench/train_step.py --shape 3b --device cuda --profile          # where one step's time goes
+    python bench/train_step.py --shape 3b --device cuda --profile --profile_trace traces   # and its Chrome traces
 
 Recipes. The default on CUDA is `lavit train`'s default there: float32 master weights under bf16 autocast,
 activation checkpointing, every decoder layer and vision block compiled (`torch_compile`, on by default on a GPU).
@@ -44,8 +45,12 @@ trainer's default is 16) and reports seconds per micro-batch.
 `--profile` instead profiles one step of the plain model and of a LaViT stage (`--profile_stage`, default 1) on one
 case (`--profile_case`, default the largest image) with `torch.profiler`, for each vision attention
 (`--profile_variants`): the top ops by self CUDA and by self CPU time, kernel time against wall time, and the step
-split into vision tower forward, language model forward and backward (image features cached) and optimiser step. MFU counts `6 * N * T` FLOPs per step, N = all parameters (language
-model and vision tower, frozen ones included), T = non-padding tokens, over the device's dense bf16 peak
+split into vision tower forward, language model forward and backward (image features cached) and optimiser step;
+`--profile_trace DIR` also writes each profiled step's Chrome trace there, with Python stacks (where the GPU waits on
+the host shows as gaps between kernels). `--image_sizes` replaces the single-size cases (default 672x672 1344x1008).
+
+MFU counts `6 * N * T` FLOPs per step, N = all parameters (language model and vision tower, frozen ones included),
+T = non-padding tokens, over the device's dense bf16 peak
 (`--peak_tflops`, 989 for an H100 SXM): the convention behind the reference figure (0.566 s and 63.2 GiB for a
 1,890-token sample, about 3,300 tokens/s, about 8%), so the numbers compare. It ignores attention FLOPs and counts
 the frozen tower's forward as if it were trained, so it overstates work a little and understates nothing.
@@ -54,6 +59,7 @@ the frozen tower's forward as if it were trained, so it overstates work a little
 import argparse
 import gc
 import logging
+import re
 import statistics
 import sys
 import time
@@ -239,12 +245,15 @@ def mixed_orders(shape: str, collator, batch_size: int, num_batches: int, seed: 
     }
 
 
-def make_batches(shape: str, processor, batch_size: int, mixed_batches: int = 0) -> dict[str, list[dict]]:
-    """The batches of each case: one per single image size; with `mixed_batches`, that many of mixed sizes in
-    random and in length-grouped order (`mixed_orders`)."""
+def make_batches(
+    shape: str, processor, batch_size: int, mixed_batches: int = 0, image_sizes: list[tuple[int, int]] | None = None
+) -> dict[str, list[dict]]:
+    """The batches of each case: one per single image size (`image_sizes`, default the shape's); with
+    `mixed_batches`, that many of mixed sizes in random and in length-grouped order (`mixed_orders`)."""
     from trainer.collator import DataCollatorForLaViT
 
-    sizes, answer_words, teacher_hidden = SHAPES[shape]
+    default_sizes, answer_words, teacher_hidden = SHAPES[shape]
+    sizes = image_sizes or default_sizes
     collator = DataCollatorForLaViT(processor, teacher_hidden_size=teacher_hidden)
     cases = {f"{w}x{h}": [[(w, h)] * batch_size] for w, h in sizes}
     if mixed_batches:
@@ -383,7 +392,8 @@ def profile(args, dtype) -> None:
 
     processor = build_qwen2_5_vl_processor(min_pixels=56 * 56, max_pixels=4_194_304)
     add_latent_tokens(processor.tokenizer, 4)
-    batches = {name: cases[0] for name, cases in make_batches(args.shape, processor, args.batch_size[0]).items()}
+    cases = make_batches(args.shape, processor, args.batch_size[0], image_sizes=args.image_sizes)
+    batches = {name: batches[0] for name, batches in cases.items()}
     case = args.profile_case or max(batches, key=lambda name: int(batches[name]["attention_mask"].sum()))
     summary = []
     for kind, stage in (("plain", 0), ("lavit", args.profile_stage)):
@@ -473,11 +483,16 @@ def _profile_variant(model, optimizer, batch: dict, label: str, args, dtype) -> 
 
     synchronize()
     activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if on_cuda else [ProfilerActivity.CPU]
-    with torch.profiler.profile(activities=activities) as prof:
+    with torch.profiler.profile(activities=activities, with_stack=bool(args.profile_trace)) as prof:
         start = time.perf_counter()
         step()
         synchronize()
         wall = time.perf_counter() - start
+    if args.profile_trace:
+        trace = Path(args.profile_trace) / (re.sub(r"[^A-Za-z0-9]+", "_", label.split(",")[0]) + ".json.gz")
+        trace.parent.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(trace))
+        print(f"trace of the profiled step: {trace}")
     averages = prof.key_averages()
     # Kernels, copies, memsets; not the GPU spans of `record_function` ranges, which cover kernels counted here.
     on_device = [e for e in averages if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
@@ -523,6 +538,11 @@ def format_table(results: list[Result], peak_tflops: float | None, device: str, 
     return "\n".join(lines)
 
 
+def image_size(text: str) -> tuple[int, int]:
+    width, _, height = text.partition("x")
+    return int(width), int(height)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny", help="model shape (3b: Qwen2.5-VL-3B)")
@@ -534,6 +554,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                         help="weight dtype: float32 runs under bf16 autocast (the default recipe); bfloat16 trains "
                         "with the trainer's Kahan-compensated AdamW (default: float32, or the recipe's)")
+    parser.add_argument("--image_sizes", type=image_size, nargs="+", default=None, metavar="WxH",
+                        help="image sizes of the single-size cases, the last the uniform reference (default: 672x672 "
+                        "1344x1008 for 3b)")
     parser.add_argument("--stages", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 2 on CUDA, 1 on CPU)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 3 on CUDA, 1 on CPU)")
@@ -568,6 +591,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile_stage", type=int, default=1, help="LaViT stage to profile next to the plain model")
     parser.add_argument("--profile_variants", nargs="+", choices=["loop", "packed"], default=["loop", "packed"],
                         help="vision attentions to profile")
+    parser.add_argument("--profile_trace", default=None,
+                        help="folder to write each profiled step's Chrome trace to (gzip, Python stacks recorded), "
+                        "for chrome://tracing or Perfetto")
     parser.add_argument("--peak_tflops", type=float, default=None,
                         help="dense bf16 peak of the device for MFU (default: 989 on CUDA, none on CPU)")
     return parser
@@ -618,12 +644,12 @@ def main(argv: list[str] | None = None) -> None:
         # Pixel limits that keep each case's images at their own size (the processor rounds to 28-pixel multiples).
         processor = build_qwen2_5_vl_processor(min_pixels=56 * 56, max_pixels=4_194_304)
         add_latent_tokens(processor.tokenizer, 4)  # the same ids for both models: the plain one just sees tokens
-        batches = make_batches(args.shape, processor, batch_size, args.mixed_batches)
+        batches = make_batches(args.shape, processor, batch_size, args.mixed_batches, args.image_sizes)
         results = measure("plain", [0], batches, args, processor, dtype)
         if args.stock_plain:
             results += measure("stock", [0], batches, args, processor, dtype)
         results += measure("lavit", args.stages, batches, args, processor, dtype)
-        width, height = SHAPES[args.shape][0][-1]
+        width, height = (args.image_sizes or SHAPES[args.shape][0])[-1]
         print(
             f"\nshape={args.shape} device={args.device} batch_size={batch_size} recipe={args.recipe} "
             f"dtype={args.dtype} checkpointing={not args.no_checkpointing} vision_attention={args.vision_attention} "
