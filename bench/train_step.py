@@ -39,7 +39,8 @@ Reported per row: seconds per step, tokens per second (non-padding tokens of the
 the ratios to the plain step of the same case. Both models run the vision tower's windowed attention as one sdpa call
 per layer (`use_packed_vision_attention`, what `LaViTTrainer` sets) unless `--vision_attention loop` (Qwen's loop of
 one sdpa call per window), and on CUDA the patch embedding's Conv3d as one GEMM as `LaViTTrainer` runs it there
-(`--patch_embedding conv` keeps cuDNN's convolution). `--grad_accum N` times N micro-batches per optimiser step (the
+(`--patch_embedding conv` keeps cuDNN's convolution); `--images_ahead off` gives LaViT the family's order of a
+training forward (tower inputs and 3-D positions read back from the device). `--grad_accum N` times N micro-batches per optimiser step (the
 trainer's default is 16) and reports seconds per micro-batch.
 
 `--profile` instead profiles one step of the plain model and of a LaViT stage (`--profile_stage`, default 1) on one
@@ -121,11 +122,13 @@ def build_model(
     text_attention: str = "sdpa",
     peft: str = "none",
     linear_patch_embedding: bool = False,
+    images_ahead: bool = True,
 ):
     """A random Qwen2.5-VL (`kind="plain"`, or `"stock"`) or LaViT student of `shape`, vision tower frozen;
     `vision_attention` "packed" (one sdpa call per layer, as `LaViTTrainer` sets) or "loop" (Qwen's one call per
     window). `linear_patch_embedding`: the tower's patch embedding as one GEMM, as `LaViTTrainer` runs it on CUDA
-    (`lavit_hf.patch_embedding.use_linear_patch_embedding`; not for `"stock"`).
+    (`lavit_hf.patch_embedding.use_linear_patch_embedding`; not for `"stock"`). `images_ahead=False` (LaViT only) runs
+    the family's order of a training forward instead of encoding the images ahead (`LaViTModelMixin.encode_images_ahead`).
 
     Activation checkpointing (`gradient_checkpointing_enable`) hooks every input embedding, the vision tower's patch
     embedding included, to make its output require grad: stock Qwen2.5-VL then records autograd through the whole
@@ -172,6 +175,9 @@ def build_model(
         model = lora_student(model, processor, shape, device, dtype, quantised=peft == "qlora")
     if linear_patch_embedding and kind != "stock":
         use_linear_patch_embedding(model)
+    if not images_ahead and kind == "lavit":
+        lavit = model.get_base_model() if hasattr(model, "get_base_model") else model
+        lavit.model.host_vision_inputs = None  # the family's order
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if compile_blocks != "none":  # what `LaViTTrainer` does under `torch_compile=True`
@@ -340,6 +346,7 @@ def measure(kind: str, stages: list[int], batches: dict, args, processor, dtype)
         text_attention=args.text_attention,
         peft=args.peft,
         linear_patch_embedding=args.patch_embedding == "linear",
+        images_ahead=args.images_ahead == "on",
     )
     num_params = sum(p.numel() for p in model.parameters())
     results = []
@@ -411,7 +418,7 @@ def _profile_model(kind: str, stage: int, batch: dict, case: str, args, processo
     device = args.device  # CPU: a smoke run of this code
     model = build_model(
         kind, args.shape, processor, device, dtype, not args.no_checkpointing, "loop", compile_blocks=args.compile,
-        linear_patch_embedding=args.patch_embedding == "linear",
+        linear_patch_embedding=args.patch_embedding == "linear", images_ahead=args.images_ahead == "on",
     )  # fmt: skip
     name = "qwen2.5-vl" if kind == "plain" else f"lavit stage {stage}"
     if kind == "plain":  # the stock tower, with autograd through it, as in transformers
@@ -568,6 +575,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--patch_embedding", choices=["linear", "conv"], default=None,
                         help="the vision tower's patch embedding as one GEMM (linear) or cuDNN's Conv3d (conv), in "
                         "every row but the stock one (default: linear on CUDA, as lavit train there; conv on the CPU)")
+    parser.add_argument("--images_ahead", choices=["on", "off"], default="on",
+                        help="LaViT's training forward encodes the images ahead, positions derived on the host while "
+                        "the tower runs (on, as lavit train), or runs the family's order (off)")
     parser.add_argument("--text_attention", choices=["sdpa", "flex"], default="sdpa",
                         help="LaViT's language-model attention: sdpa, or flex attention (the stage-1 rule as a block "
                         "mask); the plain model stays on sdpa")
@@ -654,7 +664,8 @@ def main(argv: list[str] | None = None) -> None:
             f"\nshape={args.shape} device={args.device} batch_size={batch_size} recipe={args.recipe} "
             f"dtype={args.dtype} checkpointing={not args.no_checkpointing} vision_attention={args.vision_attention} "
             f"grad_accum={args.grad_accum} compile={args.compile} text_attention={args.text_attention} "
-            f"mixed_batches={args.mixed_batches} peft={args.peft}; FLOPs/step = 6 * N_params(all) * tokens"
+            f"mixed_batches={args.mixed_batches} peft={args.peft} patch_embedding={args.patch_embedding} "
+            f"images_ahead={args.images_ahead}; FLOPs/step = 6 * N_params(all) * tokens"
         )
         print(format_table(results, peak_tflops, args.device, uniform_case=f"{width}x{height}"))
 

@@ -5,7 +5,11 @@ Model type `lavit`: the paper's student family keeps the plain name.
 This file is copied next to saved checkpoints (remote code): it imports only torch, transformers and its siblings.
 """
 
+import torch
+from torch import nn
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLModel
+from transformers.utils.generic import get_max_seqlen
+from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids, get_vision_window_index
 
 from .configuration_lavit import LaViTConfig
 from .modeling_lavit_core import (
@@ -17,8 +21,26 @@ from .modeling_lavit_core import (
 )
 
 
+def qwen2_5_vl_vision_inputs(visual: nn.Module, grid_thw: torch.Tensor) -> dict:
+    """What Qwen2.5-VL's vision tower derives from `grid_thw` before its first block, under the names it accepts
+    precomputed: rotary positions, image segments and windows, with their longest lengths."""
+    cu_seqlens, max_seqlen = get_vision_attention_seqlens(grid_thw, visual.config)
+    window_index, cu_window_seqlens = get_vision_window_index(
+        grid_thw, visual.spatial_merge_size, visual.window_size, visual.patch_size
+    )
+    return {
+        "position_ids": get_vision_position_ids(grid_thw, visual.spatial_merge_size),
+        "cu_seqlens": cu_seqlens,
+        "max_seqlen": max_seqlen,
+        "window_index": window_index,
+        "cu_window_seqlens": cu_window_seqlens,
+        "max_window_seqlen": get_max_seqlen(cu_window_seqlens, visual.config),
+    }
+
+
 class LaViTModel(LaViTModelMixin, Qwen2_5_VLModel):
     config: LaViTConfig
+    host_vision_inputs = staticmethod(qwen2_5_vl_vision_inputs)
 
 
 class LaViTForConditionalGeneration(LaViTForConditionalGenerationMixin, Qwen2_5_VLForConditionalGeneration):

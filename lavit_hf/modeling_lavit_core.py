@@ -128,9 +128,14 @@ class LaViTModelMixin:
         text_model_accepts_mask_mapping (`bool`, defaults to `True`): whether the family's text model takes a mapping
             of masks per layer type (Qwen2-VL, Qwen2.5-VL). Qwen3-VL's builds its own causal mask and takes no
             mapping: it gets the prepared 4-D mask instead.
+        host_vision_inputs (`Callable[[nn.Module, torch.Tensor], dict]`, defaults to `None`): the inputs of the
+            family's vision tower that transformers lets a caller precompute (`transformers.vision_utils`: rotary
+            positions, attention segments, windows), derived from a host copy of `image_grid_thw`. With it, a training
+            forward encodes the images ahead (`encode_images_ahead`); without it (Qwen3-VL) the family's order runs.
     """
 
     text_model_accepts_mask_mapping = True
+    host_vision_inputs: Callable[[nn.Module, torch.Tensor], dict] | None = None
 
     def latent_ids(self, device: torch.device) -> torch.Tensor:
         """`config.latent_token_ids` as a tensor on `device`, read from the config at each use (a buffer would be
@@ -193,6 +198,8 @@ class LaViTModelMixin:
                 "Stage 1 and mask_latent build their own mask from the 2-D padding mask, but a prepared (4-D or "
                 "per-layer) attention mask was given; pass the 2-D mask (generate with the default dynamic cache)."
             )
+        if position_ids is None and self.encodes_images_ahead(input_ids, past_key_values, kwargs):
+            position_ids = self.encode_images_ahead(input_ids, attention_mask, kwargs)
         if mask_function is not None:
             reference = inputs_embeds if inputs_embeds is not None else input_ids
             dtype = inputs_embeds.dtype if inputs_embeds is not None else self.get_input_embeddings().weight.dtype
@@ -226,6 +233,62 @@ class LaViTModelMixin:
             inputs_embeds=inputs_embeds,
             **kwargs,
         )
+
+    def encodes_images_ahead(self, input_ids, past_key_values, kwargs: dict) -> bool:
+        """Whether this forward encodes its images ahead (`encode_images_ahead`): a training forward on images alone
+        (no video, no cache, no precomputed features) of a family with `host_vision_inputs`."""
+        encoded = (kwargs.get("mm_encoder_outputs") or {}).get("image") is not None
+        return (
+            self.training
+            and self.host_vision_inputs is not None
+            and input_ids is not None
+            and past_key_values is None
+            and kwargs.get("pixel_values") is not None
+            and kwargs.get("image_grid_thw") is not None
+            and kwargs.get("pixel_values_videos") is None
+            and not encoded
+        )
+
+    def encode_images_ahead(self, input_ids: torch.LongTensor, attention_mask, kwargs: dict) -> torch.Tensor:
+        """Run the vision tower, then derive the 3-D positions on the host while it runs; returns the positions and
+        leaves the image features in `kwargs["mm_encoder_outputs"]` (in place of `pixel_values`) for the family's
+        forward, which then skips both.
+
+        Differ from the family (speed only, the same values): its forward encodes the images, reads their split sizes
+        back from the device (a host sync that waits for the whole tower), and only then derives the positions in a
+        Python loop with a sync per sample, while the device idles. Here the tower's own inputs and the split sizes
+        come from host copies of the grid (taken while the device has nothing queued), so nothing waits on the tower
+        and the positions are derived on host copies during its run."""
+        device = input_ids.device
+
+        def on_host(value):
+            return value.cpu() if isinstance(value, torch.Tensor) else value
+
+        # Every host copy before the tower is queued: a copy taken after it would wait for it.
+        host_ids, host_mask, grid = input_ids.cpu(), on_host(attention_mask), kwargs["image_grid_thw"].cpu()
+        host_position_inputs = {
+            name: grid if name == "image_grid_thw" else on_host(kwargs.get(name))
+            for name in self._position_arguments()
+        }
+        precomputed = {
+            f"image_{name}": value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+            for name, value in self.host_vision_inputs(self.visual, grid).items()
+            if value is not None
+        }
+        own = set(inspect.signature(super().forward).parameters)
+        passed_on = {name: value for name, value in kwargs.items() if name not in own}  # as the family passes them
+        features = self.get_image_features(
+            kwargs.pop("pixel_values"), grid, return_dict=True, **precomputed, **passed_on
+        )
+        kwargs["mm_encoder_outputs"] = {**(kwargs.get("mm_encoder_outputs") or {}), "image": features}
+        position_ids = self.compute_3d_position_ids(
+            input_ids=host_ids,
+            inputs_embeds=host_ids.new_empty((*host_ids.shape, 0)),
+            attention_mask=host_mask,
+            past_key_values=None,
+            **host_position_inputs,
+        )
+        return position_ids.to(device, non_blocking=True)
 
     def _position_arguments(self) -> list[str]:
         """The multimodal inputs (grids, token types, video timing) the family's `compute_3d_position_ids` reads."""

@@ -3,14 +3,29 @@
 This file is copied next to saved checkpoints (remote code): it imports only torch, transformers and its siblings.
 """
 
+import torch
+from torch import nn
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLForConditionalGeneration, Qwen2VLModel
+from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids
 
 from .configuration_lavit_qwen2_vl import LaViTQwen2VLConfig
 from .modeling_lavit_core import LaViTForConditionalGenerationMixin, LaViTModelMixin, register_base_conversions
 
 
+def qwen2_vl_vision_inputs(visual: nn.Module, grid_thw: torch.Tensor) -> dict:
+    """What Qwen2-VL's vision tower derives from `grid_thw` before its first block, under the names it accepts
+    precomputed: rotary positions and image segments with the longest length."""
+    cu_seqlens, max_seqlen = get_vision_attention_seqlens(grid_thw, visual.config)
+    return {
+        "position_ids": get_vision_position_ids(grid_thw, visual.spatial_merge_size),
+        "cu_seqlens": cu_seqlens,
+        "max_seqlen": max_seqlen,
+    }
+
+
 class LaViTQwen2VLModel(LaViTModelMixin, Qwen2VLModel):
     config: LaViTQwen2VLConfig
+    host_vision_inputs = staticmethod(qwen2_vl_vision_inputs)
 
 
 class LaViTQwen2VLForConditionalGeneration(LaViTForConditionalGenerationMixin, Qwen2VLForConditionalGeneration):

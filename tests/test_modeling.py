@@ -595,6 +595,40 @@ def test_linear_patch_embedding_equals_the_convolution(student, tmp_path):
     handle.remove()
 
 
+@pytest.mark.parametrize("stage", [0, 1])
+def test_training_forward_encodes_images_ahead_with_the_familys_values(student, inputs, stage):
+    """A training forward of a family with `host_vision_inputs` (Qwen2-VL, Qwen2.5-VL) hands the tower the inputs it
+    accepts precomputed, derived from a host copy of the grid, and derives the 3-D positions on the host: the loss
+    and every gradient are the family's own order's, exactly (packed window attention, images of two sizes, with and
+    without the stage-1 rule). Qwen3-VL keeps the family's order."""
+    from lavit_hf.attention import use_packed_vision_attention
+
+    model, _ = student
+    model = clone(model).train()
+    model.set_training_stage(stage)
+    use_packed_vision_attention(model)
+    tower_inputs = []
+    model.model.visual.register_forward_pre_hook(
+        lambda module, args, kwargs: tower_inputs.append(set(kwargs)), with_kwargs=True
+    )
+    labelled = {**inputs, "labels": inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)}
+    results = []
+    for ahead in (True, False):
+        if not ahead:
+            model.model.host_vision_inputs = None  # the family's order
+        model.zero_grad()
+        loss = model(**labelled).loss_ce
+        loss.backward()
+        results.append((loss.detach(), {name: p.grad for name, p in model.named_parameters() if p.grad is not None}))
+    (loss_ahead, grads_ahead), (loss_family, grads_family) = results
+    assert torch.equal(loss_ahead, loss_family)
+    assert grads_ahead.keys() == grads_family.keys() and grads_family
+    assert all(torch.equal(grads_ahead[name], grads_family[name]) for name in grads_family)
+    ahead = type(model.model).host_vision_inputs is not None
+    assert ahead == (model.config.model_type != "lavit_qwen3_vl")
+    assert ("cu_seqlens" in tower_inputs[0]) == ahead and "cu_seqlens" not in tower_inputs[1]
+
+
 def test_frozen_vision_tower_runs_without_autograd(student, inputs):
     """Activation checkpointing hooks the tower's patch embedding to require grad, so the stock family model records
     autograd through a frozen tower (then recomputes and backpropagates it for nothing). Ours computes the same
