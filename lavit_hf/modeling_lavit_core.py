@@ -22,6 +22,7 @@ This file is copied next to saved checkpoints (remote code): it imports only tor
 """
 
 import contextlib
+import functools
 import inspect
 import os
 from collections.abc import Callable
@@ -121,6 +122,16 @@ class LaViTCausalLMOutputWithPast(CausalLMOutputWithPast):
     trajectory_log_probs: torch.FloatTensor | None = None
 
 
+@functools.cache
+def _unbound_parameters(function) -> tuple[str, ...]:
+    return tuple(inspect.signature(function).parameters)[1:]
+
+
+def _parameter_names(method) -> tuple[str, ...]:
+    """The parameter names of a bound method (`self` left out), read once per function: each forward asks."""
+    return _unbound_parameters(method.__func__)
+
+
 class LaViTModelMixin:
     """The LaViT base model: the family's model, with the stage-1 and `mask_latent` rules imposed on its text model.
 
@@ -206,13 +217,10 @@ class LaViTModelMixin:
             if position_ids is None:
                 # Differ from the family: positions come from the 2-D padding mask before it is replaced by the rule's
                 # mask (a 4-D mask reaching get_rope_index crashes; docs/pitfalls.md, Qwen2.5-VL in transformers
-                # 5.x). They read only the shape and device of `inputs_embeds`, so no embedding is computed twice.
-                position_ids = self.compute_3d_position_ids(
-                    input_ids=input_ids,
-                    inputs_embeds=reference.new_empty((*reference.shape[:2], 0), dtype=dtype),
-                    attention_mask=attention_mask,
-                    past_key_values=past_key_values,
-                    **{name: kwargs.get(name) for name in self._position_arguments()},
+                # 5.x).
+                position_inputs = {name: kwargs.get(name) for name in self._position_arguments()}
+                position_ids = self.positions_3d(
+                    reference, input_ids, attention_mask, past_key_values, position_inputs
                 )
             attention_mask = text_attention_masks(
                 self.language_model.config,
@@ -266,34 +274,38 @@ class LaViTModelMixin:
 
         # Every host copy before the tower is queued: a copy taken after it would wait for it.
         host_ids, host_mask, grid = input_ids.cpu(), on_host(attention_mask), kwargs["image_grid_thw"].cpu()
-        host_position_inputs = {
-            name: grid if name == "image_grid_thw" else on_host(kwargs.get(name))
-            for name in self._position_arguments()
-        }
+        host_position_inputs = {name: on_host(kwargs.get(name)) for name in self._position_arguments()}
+        host_position_inputs["image_grid_thw"] = grid
         precomputed = {
             f"image_{name}": value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
             for name, value in self.host_vision_inputs(self.visual, grid).items()
             if value is not None
         }
-        own = set(inspect.signature(super().forward).parameters)
+        own = _parameter_names(super().forward)
         passed_on = {name: value for name, value in kwargs.items() if name not in own}  # as the family passes them
         features = self.get_image_features(
             kwargs.pop("pixel_values"), grid, return_dict=True, **precomputed, **passed_on
         )
         kwargs["mm_encoder_outputs"] = {**(kwargs.get("mm_encoder_outputs") or {}), "image": features}
-        position_ids = self.compute_3d_position_ids(
-            input_ids=host_ids,
-            inputs_embeds=host_ids.new_empty((*host_ids.shape, 0)),
-            attention_mask=host_mask,
-            past_key_values=None,
-            **host_position_inputs,
-        )
+        position_ids = self.positions_3d(host_ids, host_ids, host_mask, None, host_position_inputs)
         return position_ids.to(device, non_blocking=True)
+
+    def positions_3d(self, reference, input_ids, attention_mask, past_key_values, position_inputs: dict):
+        """The family's 3-D rotary positions from the ids and the 2-D padding mask. The family reads only the shape
+        and device of `inputs_embeds`: an empty stand-in shaped as `reference` (the embeddings or the ids) is passed,
+        so no embedding is computed twice."""
+        return self.compute_3d_position_ids(
+            input_ids=input_ids,
+            inputs_embeds=reference.new_empty((*reference.shape[:2], 0)),
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            **position_inputs,
+        )
 
     def _position_arguments(self) -> list[str]:
         """The multimodal inputs (grids, token types, video timing) the family's `compute_3d_position_ids` reads."""
         own = ("input_ids", "inputs_embeds", "attention_mask", "past_key_values")
-        return [name for name in inspect.signature(self.compute_3d_position_ids).parameters if name not in own]
+        return [name for name in _parameter_names(self.compute_3d_position_ids) if name not in own]
 
 
 class LaViTForConditionalGenerationMixin:
