@@ -47,8 +47,9 @@ trainer's default is 16) and reports seconds per micro-batch.
 case (`--profile_case`, default the largest image) with `torch.profiler`, for each vision attention
 (`--profile_variants`): the top ops by self CUDA and by self CPU time, kernel time against wall time, and the step
 split into vision tower forward, language model forward and backward (image features cached) and optimiser step;
-`--profile_trace DIR` also writes each profiled step's Chrome trace there, with Python stacks (where the GPU waits on
-the host shows as gaps between kernels). `--image_sizes` replaces the single-size cases (default 672x672 1344x1008).
+`--profile_trace DIR` also writes each profiled step's Chrome trace there (where the GPU waits on the host shows as
+gaps between kernels), and a second step's with Python stacks (`*_stacks.json.gz`: names each gap's cause, but the
+recording slows the host, so its gaps are longer). `--image_sizes` replaces the single-size cases (default 672x672 1344x1008).
 
 MFU counts `6 * N * T` FLOPs per step, N = all parameters (language model and vision tower, frozen ones included),
 T = non-padding tokens, over the device's dense bf16 peak
@@ -488,18 +489,23 @@ def _profile_variant(model, optimizer, batch: dict, label: str, args, dtype) -> 
     optimizer_s = cuda_seconds(optimizer.step)
     optimizer.zero_grad(set_to_none=True)
 
-    synchronize()
     activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if on_cuda else [ProfilerActivity.CPU]
-    with torch.profiler.profile(activities=activities, with_stack=bool(args.profile_trace)) as prof:
-        start = time.perf_counter()
-        step()
+    trace_name = re.sub(r"[^A-Za-z0-9]+", "_", label.split(",")[0])
+    # Without stacks first: its gaps and wall time are the step's own; recording Python stacks slows the host.
+    for with_stack in (False, True) if args.profile_trace else (False,):
         synchronize()
-        wall = time.perf_counter() - start
-    if args.profile_trace:
-        trace = Path(args.profile_trace) / (re.sub(r"[^A-Za-z0-9]+", "_", label.split(",")[0]) + ".json.gz")
-        trace.parent.mkdir(parents=True, exist_ok=True)
-        prof.export_chrome_trace(str(trace))
-        print(f"trace of the profiled step: {trace}")
+        with torch.profiler.profile(activities=activities, with_stack=with_stack) as recorded:
+            start = time.perf_counter()
+            step()
+            synchronize()
+            elapsed = time.perf_counter() - start
+        if not with_stack:
+            prof, wall = recorded, elapsed
+        if args.profile_trace:
+            trace = Path(args.profile_trace) / (trace_name + ("_stacks" if with_stack else "") + ".json.gz")
+            trace.parent.mkdir(parents=True, exist_ok=True)
+            recorded.export_chrome_trace(str(trace))
+            print(f"trace of the profiled step{' with Python stacks' if with_stack else ''}: {trace}")
     averages = prof.key_averages()
     # Kernels, copies, memsets; not the GPU spans of `record_function` ranges, which cover kernels counted here.
     on_device = [e for e in averages if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
