@@ -209,8 +209,8 @@ class LaViTModelMixin:
                 "Stage 1 and mask_latent build their own mask from the 2-D padding mask, but a prepared (4-D or "
                 "per-layer) attention mask was given; pass the 2-D mask (generate with the default dynamic cache)."
             )
-        if position_ids is None and self.encodes_images_ahead(input_ids, past_key_values, kwargs):
-            position_ids = self.encode_images_ahead(input_ids, attention_mask, kwargs)
+        if position_ids is None and self.encodes_images_ahead(input_ids, inputs_embeds, past_key_values, kwargs):
+            position_ids, inputs_embeds = self.encode_images_ahead(input_ids, attention_mask, kwargs)
         if mask_function is not None:
             reference = inputs_embeds if inputs_embeds is not None else input_ids
             dtype = inputs_embeds.dtype if inputs_embeds is not None else self.get_input_embeddings().weight.dtype
@@ -242,14 +242,15 @@ class LaViTModelMixin:
             **kwargs,
         )
 
-    def encodes_images_ahead(self, input_ids, past_key_values, kwargs: dict) -> bool:
-        """Whether this forward encodes its images ahead (`encode_images_ahead`): a training forward on images alone
-        (no video, no cache, no precomputed features) of a family with `host_vision_inputs`."""
+    def encodes_images_ahead(self, input_ids, inputs_embeds, past_key_values, kwargs: dict) -> bool:
+        """Whether this forward encodes its images ahead (`encode_images_ahead`): a training forward on token ids and
+        images alone (no embeddings, video, cache or precomputed features) of a family with `host_vision_inputs`."""
         encoded = (kwargs.get("mm_encoder_outputs") or {}).get("image") is not None
         return (
             self.training
             and self.host_vision_inputs is not None
             and input_ids is not None
+            and inputs_embeds is None
             and past_key_values is None
             and kwargs.get("pixel_values") is not None
             and kwargs.get("image_grid_thw") is not None
@@ -257,27 +258,36 @@ class LaViTModelMixin:
             and not encoded
         )
 
-    def encode_images_ahead(self, input_ids: torch.LongTensor, attention_mask, kwargs: dict) -> torch.Tensor:
-        """Run the vision tower, then derive the 3-D positions on the host while it runs; returns the positions and
-        leaves the image features in `kwargs["mm_encoder_outputs"]` (in place of `pixel_values`) for the family's
-        forward, which then skips both.
+    def encode_images_ahead(
+        self, input_ids: torch.LongTensor, attention_mask, kwargs: dict
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queue the vision tower and the input embeddings with the image features in place, then derive the 3-D
+        positions on the host while the device runs them; returns `(position_ids, inputs_embeds)` and takes
+        `pixel_values` out of `kwargs`, so the family's forward skips all three.
 
         Differ from the family (speed only, the same values): its forward encodes the images, reads their split sizes
-        back from the device (a host sync that waits for the whole tower), and only then derives the positions in a
-        Python loop with a sync per sample, while the device idles. Here the tower's own inputs and the split sizes
-        come from host copies of the grid (taken while the device has nothing queued), so nothing waits on the tower
-        and the positions are derived on host copies during its run."""
+        back from the device (a host sync that waits for the whole tower), checks the image-token count against the
+        features with another, and only then derives the positions in a Python loop with a sync per sample, while the
+        device idles. Here the tower's own inputs and the split sizes come from host copies of the grid (taken while
+        the device has nothing queued), the count is checked on the host copy of the ids, and the positions are
+        derived on host copies during the tower's run: the host queues the language model behind it."""
         device = input_ids.device
 
         def on_host(value):
             return value.cpu() if isinstance(value, torch.Tensor) else value
+
+        def to_device(value):
+            if not isinstance(value, torch.Tensor):
+                return value
+            # A copy from pageable memory may wait for the work queued before it; from pinned memory it does not.
+            return (value.pin_memory() if device.type == "cuda" else value).to(device, non_blocking=True)
 
         # Every host copy before the tower is queued: a copy taken after it would wait for it.
         host_ids, host_mask, grid = input_ids.cpu(), on_host(attention_mask), kwargs["image_grid_thw"].cpu()
         host_position_inputs = {name: on_host(kwargs.get(name)) for name in self._position_arguments()}
         host_position_inputs["image_grid_thw"] = grid
         precomputed = {
-            f"image_{name}": value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+            f"image_{name}": to_device(value)
             for name, value in self.host_vision_inputs(self.visual, grid).items()
             if value is not None
         }
@@ -286,9 +296,18 @@ class LaViTModelMixin:
         features = self.get_image_features(
             kwargs.pop("pixel_values"), grid, return_dict=True, **precomputed, **passed_on
         )
-        kwargs["mm_encoder_outputs"] = {**(kwargs.get("mm_encoder_outputs") or {}), "image": features}
+        inputs_embeds = self.get_input_embeddings()(input_ids)
+        image_embeds = torch.cat(features.pooler_output, dim=0).to(inputs_embeds.device, inputs_embeds.dtype)
+        is_image = input_ids == self.config.image_token_id
+        image_tokens = int((host_ids == self.config.image_token_id).sum())
+        if image_tokens != image_embeds.shape[0]:
+            raise ValueError(
+                f"Image features and image tokens do not match, tokens: {image_tokens}, features: "
+                f"{image_embeds.shape[0]}"
+            )
+        inputs_embeds = inputs_embeds.masked_scatter(is_image.unsqueeze(-1), image_embeds)
         position_ids = self.positions_3d(host_ids, host_ids, host_mask, None, host_position_inputs)
-        return position_ids.to(device, non_blocking=True)
+        return to_device(position_ids), inputs_embeds
 
     def positions_3d(self, reference, input_ids, attention_mask, past_key_values, position_inputs: dict):
         """The family's 3-D rotary positions from the ids and the 2-D padding mask. The family reads only the shape

@@ -600,7 +600,8 @@ def test_training_forward_encodes_images_ahead_with_the_familys_values(student, 
     """A training forward of a family with `host_vision_inputs` (Qwen2-VL, Qwen2.5-VL) hands the tower the inputs it
     accepts precomputed, derived from a host copy of the grid, and derives the 3-D positions on the host: the loss
     and every gradient are the family's own order's, exactly (packed window attention, images of two sizes, with and
-    without the stage-1 rule). Qwen3-VL keeps the family's order."""
+    without the stage-1 rule), the image-token count checked as the family checks it. Qwen3-VL keeps the family's
+    order."""
     from lavit_hf.attention import use_packed_vision_attention
 
     model, _ = student
@@ -627,6 +628,12 @@ def test_training_forward_encodes_images_ahead_with_the_familys_values(student, 
     ahead = type(model.model).host_vision_inputs is not None
     assert ahead == (model.config.model_type != "lavit_qwen3_vl")
     assert ("cu_seqlens" in tower_inputs[0]) == ahead and "cu_seqlens" not in tower_inputs[1]
+    # The image-token count is checked against the features on the host copy of the ids, as the family checks it.
+    model.model.host_vision_inputs = type(model.model).host_vision_inputs
+    broken = inputs["input_ids"].clone()
+    broken[0, (broken[0] == model.config.image_token_id).nonzero()[0]] = 0
+    with pytest.raises(ValueError, match="Image features and image tokens do not match"):
+        model.model(**{**inputs, "input_ids": broken})
 
 
 def test_frozen_vision_tower_runs_without_autograd(student, inputs):
