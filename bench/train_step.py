@@ -40,8 +40,8 @@ the ratios to the plain step of the same case. Both models run the vision tower'
 per layer (`use_packed_vision_attention`, what `LaViTTrainer` sets) unless `--vision_attention loop` (Qwen's loop of
 one sdpa call per window), and on CUDA the patch embedding's Conv3d as one GEMM as `LaViTTrainer` runs it there
 (`--patch_embedding conv` keeps cuDNN's convolution); `--images_ahead off` gives LaViT the family's order of a
-training forward (tower inputs and 3-D positions read back from the device). `--grad_accum N` times N micro-batches per optimiser step (the
-trainer's default is 16) and reports seconds per micro-batch.
+training forward (tower inputs, image-token count and 3-D positions read back from the device). `--grad_accum N`
+times N micro-batches per optimiser step (the trainer's default is 16) and reports seconds per micro-batch.
 
 `--profile` instead profiles one step of the plain model and of a LaViT stage (`--profile_stage`, default 1) on one
 case (`--profile_case`, default the largest image) with `torch.profiler`, for each vision attention
@@ -49,7 +49,8 @@ case (`--profile_case`, default the largest image) with `torch.profiler`, for ea
 split into vision tower forward, language model forward and backward (image features cached) and optimiser step;
 `--profile_trace DIR` also writes each profiled step's Chrome trace there (where the GPU waits on the host shows as
 gaps between kernels), and a second step's with Python stacks (`*_stacks.json.gz`: names each gap's cause, but the
-recording slows the host, so its gaps are longer). `--image_sizes` replaces the single-size cases (default 672x672 1344x1008).
+recording slows the host, so its gaps are longer). `--image_sizes` replaces the single-size cases (default 672x672
+1344x1008).
 
 MFU counts `6 * N * T` FLOPs per step, N = all parameters (language model and vision tower, frozen ones included),
 T = non-padding tokens, over the device's dense bf16 peak
@@ -608,8 +609,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile_variants", nargs="+", choices=["loop", "packed"], default=["loop", "packed"],
                         help="vision attentions to profile")
     parser.add_argument("--profile_trace", default=None,
-                        help="folder to write each profiled step's Chrome trace to (gzip, Python stacks recorded), "
-                        "for chrome://tracing or Perfetto")
+                        help="folder to write each profiled step's Chrome trace to (gzip), and a second step's with "
+                        "Python stacks recorded, for chrome://tracing or Perfetto")
     parser.add_argument("--peak_tflops", type=float, default=None,
                         help="dense bf16 peak of the device for MFU (default: 989 on CUDA, none on CPU)")
     return parser
