@@ -17,7 +17,7 @@ from lavit_hf.arguments import parse_with_config
 from lavit_hf.losses import combine_losses
 from lavit_hf.testing_utils import synthetic_lavit_dataset
 from trainer import LaViTTrainer, LaViTTrainingArguments
-from trainer.configuration import PLAIN_SCHEDULE_FIELDS, STAGE_SCHEDULE_FIELDS
+from trainer.configuration import PLAIN_SCHEDULE_FIELDS, STAGE_SCHEDULE_FIELDS, resolve_dataloader
 from trainer.train import main, make_parser, run_schedule, to_training_arguments, with_target_format
 
 
@@ -85,6 +85,23 @@ def test_arguments_defaults_and_validation(tmp_path):
     assert undocumented == []
 
 
+def test_a_cuda_run_collates_in_dataloader_workers_with_a_whole_step_prefetched(tmp_path, monkeypatch):
+    # In the training process, collation (image decoding and resizing, target resampling) would leave the GPU idle.
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    # The Trainer fetches all 16 micro-batches of a step before the first: 4 workers x 4 ahead.
+    assert resolve_dataloader(None, None, 16, on_cuda=True) == (4, 4)
+    assert resolve_dataloader(None, None, 2, on_cuda=True) == (4, 2)
+    assert resolve_dataloader(0, None, 16, on_cuda=True) == (0, None)
+    assert resolve_dataloader(2, 3, 16, on_cuda=True) == (2, 3)
+    assert resolve_dataloader(None, None, 16, on_cuda=False) == (0, None)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # eight training processes share the 16 cores
+    assert resolve_dataloader(None, None, 16, on_cuda=True) == (1, 16)
+    args = LaViTTrainingArguments(output_dir=str(tmp_path), use_cpu=True)
+    assert (args.dataloader_num_workers, args.dataloader_prefetch_factor) == (0, None)
+    args = LaViTTrainingArguments(output_dir=str(tmp_path), use_cpu=True, dataloader_num_workers=2)
+    assert (args.dataloader_num_workers, args.dataloader_prefetch_factor) == (2, 8)
+
+
 def test_yaml_and_flags_merge_flags_win(tmp_path):
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump({
@@ -135,6 +152,17 @@ def test_each_stage_trains_and_logs_each_loss(tiny_lavit, dataset, tmp_path, sch
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
     assert {"vtop_head.0.weight", "trajectory_query.weight", "model.language_model.layers.0.mlp.up_proj.weight"} <= changed
     assert not any(name.startswith("model.visual.") for name in changed)  # frozen by default
+
+
+def test_training_with_dataloader_workers_updates_the_student(tiny_lavit, dataset, tmp_path):
+    model, processor = tiny_lavit
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    args = _args(tmp_path, dataloader_num_workers=2)
+    assert args.dataloader_prefetch_factor == 2
+    trainer = LaViTTrainer(model, args, train_dataset=dataset, processing_class=processor)
+    trainer.train()
+    assert trainer.state.global_step == 2 and all(math.isfinite(value) for value in _logged(trainer, "loss"))
+    assert not torch.equal(model.vtop_head[0].weight, before["vtop_head.0.weight"])
 
 
 def test_repeated_batch_all_losses_fall(tiny_lavit, dataset, tmp_path):

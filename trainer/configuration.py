@@ -2,6 +2,8 @@
 
 import dataclasses
 import logging
+import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +36,21 @@ STAGE_SCHEDULE_FIELDS = {
     1: ("stage1_steps", "stage1_learning_rate", "stage1_warmup_ratio"),
     2: ("stage2_steps", "stage2_learning_rate", "stage2_warmup_ratio"),
 }
+
+
+def resolve_dataloader(
+    num_workers: int | None, prefetch_factor: int | None, gradient_accumulation_steps: int, on_cuda: bool
+) -> tuple[int, int | None]:
+    """`(dataloader_num_workers, dataloader_prefetch_factor)` with the unset ones resolved. Workers: up to 4 on a CUDA
+    run, one core per local training process (`LOCAL_WORLD_SIZE`) left free; none elsewhere. With none, the training
+    process decodes and collates each micro-batch while the GPU waits. Prefetch: every micro-batch of an optimiser step
+    ready when the Trainer fetches them all before the first (`Trainer.get_batch_samples`), at least 2 per worker."""
+    if num_workers is None:
+        spare_cores = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)) - 1
+        num_workers = max(0, min(4, spare_cores)) if on_cuda else 0
+    if prefetch_factor is None and num_workers > 0:
+        prefetch_factor = max(2, math.ceil(gradient_accumulation_steps / num_workers))
+    return num_workers, prefetch_factor
 
 
 @dataclass
@@ -82,6 +99,11 @@ class LaViTTrainingArguments(TrainingArguments):
     >   embedding, a `Conv3d` whose kernel equals its stride, runs as the GEMM it is
     >   (`lavit_hf.patch_embedding.use_linear_patch_embedding`; same weights and function, cuDNN's convolution being
     >   the slow path).
+    > - `dataloader_num_workers=None`, resolved to up to 4 worker processes on a CUDA run (one core per training
+    >   process left free), else 0: collating LaViT's batches (decoding, resizing and patchifying the images,
+    >   resampling the targets) in the training process leaves the GPU idle for it at every micro-batch (README,
+    >   Training speed). `dataloader_prefetch_factor=None`, resolved with workers so that all the micro-batches of an
+    >   optimiser step are ready when the Trainer fetches them (at least 2 per worker).
     > - `model_dtype=None`, resolved to `"float32"` (`"bfloat16"` under `speed_recipe="bf16_kahan"`).
     > - `activation_checkpointing=None`, resolved to `True` (`False` under `speed_recipe="bf16_kahan"`), with
     >   `activation_checkpointing_kwargs={"use_reentrant": False}` (the vision tower is frozen, so reentrant
@@ -375,6 +397,21 @@ class LaViTTrainingArguments(TrainingArguments):
             "cuDNN's convolution; unset: on for a CUDA run, off otherwise."
         },
     )
+    dataloader_num_workers: int | None = field(
+        default=None,
+        metadata={
+            "help": "DataLoader worker processes; unset: on a CUDA run, up to 4 (one core per training process left "
+            "free), so that decoding, resizing and collating the images runs beside the GPU's step instead of in "
+            "its way; 0 otherwise."
+        },
+    )
+    dataloader_prefetch_factor: int | None = field(
+        default=None,
+        metadata={
+            "help": "Batches each DataLoader worker prepares ahead; unset with workers: enough for every micro-batch "
+            "of an optimiser step (the Trainer fetches them all before the first), at least 2."
+        },
+    )
     activation_checkpointing: bool | None = field(
         default=None,
         metadata={"help": "Activation (gradient) checkpointing; unset: on (reference recipe), or the speed recipe's."},
@@ -409,6 +446,12 @@ class LaViTTrainingArguments(TrainingArguments):
             )
         if self.linear_patch_embedding is None:
             self.linear_patch_embedding = bool(torch.cuda.is_available() and not self.use_cpu)
+        self.dataloader_num_workers, self.dataloader_prefetch_factor = resolve_dataloader(
+            self.dataloader_num_workers,
+            self.dataloader_prefetch_factor,
+            self.gradient_accumulation_steps,
+            on_cuda=torch.cuda.is_available() and not self.use_cpu,
+        )
         self._check_choices()
         self._check_ranges()
         self._check_peft()
