@@ -210,7 +210,13 @@ class LaViTModelMixin:
                 "per-layer) attention mask was given; pass the 2-D mask (generate with the default dynamic cache)."
             )
         if position_ids is None and self.encodes_images_ahead(input_ids, inputs_embeds, past_key_values, kwargs):
-            position_ids, inputs_embeds = self.encode_images_ahead(input_ids, attention_mask, kwargs)
+            position_ids, inputs_embeds, right_padded = self.encode_images_ahead(input_ids, attention_mask, kwargs)
+            if mask_function is None and right_padded:
+                # Differ from the family (speed only, the same values at every real token): under the plain causal
+                # rule no real token of a right-padded batch sees a padding position, so the padding mask changes
+                # nothing there. Given one, sdpa runs a masked kernel over every key instead of the causal one (3.6x
+                # the backward on an H100, docs/pitfalls.md); the positions above came from the 2-D mask.
+                attention_mask = None
         if mask_function is not None:
             reference = inputs_embeds if inputs_embeds is not None else input_ids
             dtype = inputs_embeds.dtype if inputs_embeds is not None else self.get_input_embeddings().weight.dtype
@@ -260,10 +266,11 @@ class LaViTModelMixin:
 
     def encode_images_ahead(
         self, input_ids: torch.LongTensor, attention_mask, kwargs: dict
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """Queue the vision tower and the input embeddings with the image features in place, then derive the 3-D
-        positions on the host while the device runs them; returns `(position_ids, inputs_embeds)` and takes
-        `pixel_values` out of `kwargs`, so the family's forward skips all three.
+        positions on the host while the device runs them; returns `(position_ids, inputs_embeds, right_padded)` and
+        takes `pixel_values` out of `kwargs`, so the family's forward skips all three. `right_padded`: no sample has a
+        real token after a padding position (read on the host copy of the mask).
 
         Differ from the family (speed only, the same values): its forward encodes the images, reads their split sizes
         back from the device (a host sync that waits for the whole tower), checks the image-token count against the
@@ -307,7 +314,8 @@ class LaViTModelMixin:
             )
         inputs_embeds = inputs_embeds.masked_scatter(is_image.unsqueeze(-1), image_embeds)
         position_ids = self.positions_3d(host_ids, host_ids, host_mask, None, host_position_inputs)
-        return to_device(position_ids), inputs_embeds
+        right_padded = host_mask is None or bool((host_mask[:, 1:] <= host_mask[:, :-1]).all())
+        return to_device(position_ids), inputs_embeds, right_padded
 
     def positions_3d(self, reference, input_ids, attention_mask, past_key_values, position_inputs: dict):
         """The family's 3-D rotary positions from the ids and the 2-D padding mask. The family reads only the shape

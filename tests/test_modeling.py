@@ -595,33 +595,36 @@ def test_linear_patch_embedding_equals_the_convolution(student, tmp_path):
     handle.remove()
 
 
+def _loss_and_grads(model, inputs, images_ahead: bool):
+    """The CE loss and every gradient of a training forward, with images encoded ahead or in the family's order."""
+    model.model.host_vision_inputs = type(model.model).host_vision_inputs if images_ahead else None
+    model.zero_grad()
+    labelled = {**inputs, "labels": inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)}
+    loss = model(**labelled).loss_ce
+    loss.backward()
+    return loss.detach(), {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+
 @pytest.mark.parametrize("stage", [0, 1])
-def test_training_forward_encodes_images_ahead_with_the_familys_values(student, inputs, stage):
+def test_training_forward_encodes_images_ahead_with_the_familys_values(student, stage):
     """A training forward of a family with `host_vision_inputs` (Qwen2-VL, Qwen2.5-VL) hands the tower the inputs it
     accepts precomputed, derived from a host copy of the grid, and derives the 3-D positions on the host: the loss
     and every gradient are the family's own order's, exactly (packed window attention, images of two sizes, with and
-    without the stage-1 rule), the image-token count checked as the family checks it. Qwen3-VL keeps the family's
-    order."""
+    without the stage-1 rule; left padding, so that the padding mask reaches the language model in both orders), the
+    image-token count checked as the family checks it. Qwen3-VL keeps the family's order."""
     from lavit_hf.attention import use_packed_vision_attention
 
-    model, _ = student
+    model, processor = student
     model = clone(model).train()
     model.set_training_stage(stage)
     use_packed_vision_attention(model)
+    inputs = batch(processor, SAMPLES, padding_side="left")
     tower_inputs = []
     model.model.visual.register_forward_pre_hook(
         lambda module, args, kwargs: tower_inputs.append(set(kwargs)), with_kwargs=True
     )
-    labelled = {**inputs, "labels": inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)}
-    results = []
-    for ahead in (True, False):
-        if not ahead:
-            model.model.host_vision_inputs = None  # the family's order
-        model.zero_grad()
-        loss = model(**labelled).loss_ce
-        loss.backward()
-        results.append((loss.detach(), {name: p.grad for name, p in model.named_parameters() if p.grad is not None}))
-    (loss_ahead, grads_ahead), (loss_family, grads_family) = results
+    loss_ahead, grads_ahead = _loss_and_grads(model, inputs, images_ahead=True)
+    loss_family, grads_family = _loss_and_grads(model, inputs, images_ahead=False)
     assert torch.equal(loss_ahead, loss_family)
     assert grads_ahead.keys() == grads_family.keys() and grads_family
     assert all(torch.equal(grads_ahead[name], grads_family[name]) for name in grads_family)
@@ -634,6 +637,42 @@ def test_training_forward_encodes_images_ahead_with_the_familys_values(student, 
     broken[0, (broken[0] == model.config.image_token_id).nonzero()[0]] = 0
     with pytest.raises(ValueError, match="Image features and image tokens do not match"):
         model.model(**{**inputs, "input_ids": broken})
+
+
+@pytest.mark.parametrize(("stage", "padding_side"), [(0, "right"), (2, "right"), (0, "left"), (1, "right")])
+def test_right_padded_training_batch_attends_causally_without_its_padding_mask(student, monkeypatch, stage, padding_side):
+    """Under the plain causal rule (stages 0 and 2) no real token of a right-padded batch sees a padding position, so
+    a training forward that encodes its images ahead hands the language model no padding mask: sdpa runs its causal
+    kernel, not a masked one over every key. The loss and every gradient are those with the mask, to float32
+    rounding. A left-padded batch and the stage-1 rule keep their masks."""
+    from lavit_hf.attention import use_packed_vision_attention
+
+    model, processor = student
+    model = clone(model).train()
+    model.set_training_stage(stage)
+    use_packed_vision_attention(model)
+    inputs = batch(processor, SAMPLES, padding_side=padding_side)
+    assert not inputs["attention_mask"].all()
+    length = inputs["input_ids"].shape[1]
+    text_calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording_sdpa(query, key, value, attn_mask=None, *args, is_causal=False, **kwargs):
+        if query.shape[-2] == length:  # the language model's layers (the tower's sequences are its patches)
+            text_calls.append((attn_mask is None, is_causal))
+        return sdpa(query, key, value, attn_mask, *args, is_causal=is_causal, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
+    loss_ahead, grads_ahead = _loss_and_grads(model, inputs, images_ahead=True)
+    ahead_calls, text_calls[:] = list(text_calls), []
+    loss_family, grads_family = _loss_and_grads(model, inputs, images_ahead=False)
+    layers = model.config.text_config.num_hidden_layers
+    assert text_calls == [(False, False)] * layers  # the family's order: the padding mask
+    causal = model.config.model_type != "lavit_qwen3_vl" and stage != 1 and padding_side == "right"
+    assert ahead_calls == [(True, True) if causal else (False, False)] * layers
+    torch.testing.assert_close(loss_ahead, loss_family, rtol=1e-6, atol=0.0)
+    for name, grad in grads_family.items():
+        torch.testing.assert_close(grads_ahead[name], grad, rtol=1e-5, atol=1e-6 * grad.abs().max().item())
 
 
 def test_frozen_vision_tower_runs_without_autograd(student, inputs):
