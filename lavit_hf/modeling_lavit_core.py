@@ -214,8 +214,8 @@ class LaViTModelMixin:
             if mask_function is None and right_padded:
                 # Differ from the family (speed only, the same values at every real token): under the plain causal
                 # rule no real token of a right-padded batch sees a padding position, so the padding mask changes
-                # nothing there. Given one, sdpa runs a masked kernel over every key instead of the causal one (3.6x
-                # the backward on an H100, docs/pitfalls.md); the positions above came from the 2-D mask.
+                # nothing there. Given one, sdpa takes the mask instead of its causal flag (3.6x the attention
+                # backward on an H100, docs/pitfalls.md); the positions above came from the 2-D mask.
                 attention_mask = None
         if mask_function is not None:
             reference = inputs_embeds if inputs_embeds is not None else input_ids
