@@ -38,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import train_step  # noqa: E402
 
+from trainer.configuration import autocasts_to_bf16  # noqa: E402
+
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     on_cuda = args.device.startswith("cuda")
     peak_tflops = args.peak_tflops or (989.0 if on_cuda else None)
     recipe = train_step.SPEED_RECIPES[args.recipe]
-    dtype = getattr(torch, recipe.get("model_dtype", "float32"))
+    dtype_name = recipe.get("model_dtype", "float32")
+    dtype = getattr(torch, dtype_name)
     compile_blocks = "all" if recipe.get("torch_compile", on_cuda) and on_cuda else "none"
     checkpointing = recipe.get("activation_checkpointing", True)
     width, height = map(int, args.image_size.split("x")) if args.image_size else train_step.SHAPES[args.shape][0][-1]
@@ -190,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
         linear_patch_embedding=on_cuda,
     )  # fmt: skip
     num_params = sum(p.numel() for p in model.parameters())
-    autocast = dtype == torch.float32 and on_cuda
+    autocast = autocasts_to_bf16(dtype_name, on_cuda)  # as the trainer resolves `bf16`
     bare, _, _ = train_step.time_steps(model, [batch], args.device, autocast, args.warmup, args.steps, args.grad_accum)
     del model
     gc.collect()

@@ -76,7 +76,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from shapes import shape_config  # noqa: E402
 
-from trainer.configuration import SPEED_RECIPES  # noqa: E402
+from trainer.configuration import SPEED_RECIPES, autocasts_to_bf16  # noqa: E402
 
 
 logger = logging.getLogger(__name__)
@@ -361,8 +361,9 @@ def measure(kind: str, stages: list[int], batches: dict, args, processor, dtype)
                     {k: v for k, v in batch.items() if not k.startswith(("vtop_", "trajectory_"))}
                     for batch in case_batches
                 ]
-            # bf16 autocast over float32 weights on CUDA; a CPU smoke run stays in float32 (CPU bf16 is emulated).
-            autocast = dtype == torch.float32 and args.device.startswith("cuda")
+            # As the trainer: bf16 autocast over float32 weights on CUDA, none over bf16 weights; a CPU smoke run
+            # stays in float32 (CPU bf16 is emulated).
+            autocast = autocasts_to_bf16(args.dtype, args.device.startswith("cuda"))
             seconds, tokens, peak = time_steps(
                 model, case_batches, args.device, autocast, args.warmup, args.steps, args.grad_accum
             )
@@ -449,7 +450,7 @@ def _profile_variant(model, optimizer, batch: dict, label: str, args, dtype) -> 
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
 
     device, on_cuda = args.device, args.device.startswith("cuda")
-    autocast = dtype == torch.float32 and on_cuda
+    autocast = autocasts_to_bf16(args.dtype, on_cuda)
     num_items = (batch["labels"][:, 1:] != -100).sum()
     tokens = int(batch["attention_mask"].sum())
 

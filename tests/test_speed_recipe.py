@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from trainer import LaViTTrainer, LaViTTrainingArguments
-from trainer.configuration import SPEED_RECIPES
+from trainer.configuration import SPEED_RECIPES, autocasts_to_bf16
 from trainer.train import make_parser
 
 
@@ -70,3 +70,14 @@ def test_the_bench_times_the_recipe_the_trainer_trains():
     assert (args.dtype, args.no_checkpointing, args.compile) == ("float32", False, "none")
     with pytest.raises(SystemExit, match="conflicts with --dtype float32"):
         bench.apply_recipe(bench.make_parser().parse_args(["--recipe", "bf16_kahan", "--dtype", "float32"]))
+
+
+def test_bf16_weights_train_without_autocast_as_the_bench_times_them(tmp_path):
+    # Autocast is mixed precision over float32 weights; over bf16 weights it would only add casts (the losses upcast
+    # themselves), and the bench, which shares the rule, times bf16 weights without it.
+    assert autocasts_to_bf16("float32", cuda_bf16=True)
+    assert not autocasts_to_bf16("bfloat16", cuda_bf16=True)
+    assert not autocasts_to_bf16("float32", cuda_bf16=False)
+    assert parse(tmp_path, "--speed_recipe", "bf16_kahan").bf16 is False
+    assert parse(tmp_path, "--model_dtype", "bfloat16").bf16 is False
+    assert parse(tmp_path, "--model_dtype", "bfloat16", "--bf16", "true").bf16 is True  # an explicit choice stands

@@ -38,6 +38,12 @@ STAGE_SCHEDULE_FIELDS = {
 }
 
 
+def autocasts_to_bf16(model_dtype: str, cuda_bf16: bool) -> bool:
+    """Whether a run that leaves `bf16` unset autocasts to bfloat16: over float32 weights on a device with bf16
+    support (mixed precision), never over bfloat16 weights (the training benchmark times each recipe this way)."""
+    return model_dtype == "float32" and bool(cuda_bf16)
+
+
 def resolve_dataloader(
     num_workers: int | None, prefetch_factor: int | None, gradient_accumulation_steps: int, on_cuda: bool
 ) -> tuple[int, int | None]:
@@ -93,7 +99,9 @@ class LaViTTrainingArguments(TrainingArguments):
     > These defaults differ from `TrainingArguments` (they are the reference recipe of docs/method.md section 3):
     > - `remove_unused_columns=False`: the teacher targets are not forward arguments the Trainer would recognise
     >   (docs/pitfalls.md, Trainer).
-    > - `bf16=None`, resolved to `True` where a CUDA device supports bfloat16, else `False`.
+    > - `bf16=None`, resolved to `True` over float32 weights where a CUDA device supports bfloat16 (mixed precision),
+    >   else `False`: bf16 weights are bf16 already and the losses upcast themselves, so autocast over them would
+    >   only add casts, and `bench/train_step.py` times them without it (`autocasts_to_bf16`).
     > - `torch_compile=None`, resolved to `True` on a single-process or DDP CUDA run, else `False` (see below).
     > - `linear_patch_embedding=None`, resolved to `True` on a CUDA run, else `False`: the Qwen towers' patch
     >   embedding, a `Conv3d` whose kernel equals its stride, runs as the GEMM it is
@@ -380,7 +388,10 @@ class LaViTTrainingArguments(TrainingArguments):
     )
     bf16: bool | None = field(
         default=None,
-        metadata={"help": "bfloat16 mixed precision; unset: on where a CUDA device supports it."},
+        metadata={
+            "help": "bfloat16 mixed precision (autocast); unset: on over float32 weights where a CUDA device supports "
+            "it, off over bfloat16 weights (already bf16)."
+        },
     )
     torch_compile: bool | None = field(
         default=None,
@@ -438,7 +449,8 @@ class LaViTTrainingArguments(TrainingArguments):
     def __post_init__(self):
         self._apply_speed_recipe()
         if self.bf16 is None:
-            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+            cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            self.bf16 = autocasts_to_bf16(self.model_dtype, cuda_bf16)
         if self.torch_compile is None:
             # FSDP and DeepSpeed wrap the blocks themselves: compiling under them is left to an explicit choice.
             self.torch_compile = bool(
