@@ -237,6 +237,16 @@ def test_qlora_wiring_on_cpu(tiny_lavit_pair, dataset, tmp_path):
     assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
 
 
+def test_qlora_computes_in_bf16_under_autocast_and_over_bf16_weights(tmp_path):
+    # bf16 weights train without autocast (`bf16` resolves False over them): the 4-bit layers still compute in bf16.
+    pytest.importorskip("bitsandbytes", reason="QLoRA needs the qlora extra (bitsandbytes)")
+    from trainer.lora import quantization_config
+
+    for overrides, dtype in (({}, torch.float32), ({"model_dtype": "bfloat16"}, torch.bfloat16), ({"bf16": True}, torch.bfloat16)):
+        args = _args(tmp_path, load_in_4bit=True, **overrides)
+        assert quantization_config(args).bnb_4bit_compute_dtype == dtype, overrides
+
+
 def test_peft_flags_are_checked(tmp_path):
     with pytest.raises(ValueError, match="add --use_peft"):
         LaViTTrainingArguments(output_dir=str(tmp_path), load_in_4bit=True)

@@ -125,9 +125,11 @@ def quantization_config(args):
 
     if args.load_in_8bit:
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=NOT_QUANTISED)
+    # bf16 compute under bf16 autocast or over bf16 weights (which train without autocast).
+    bf16_compute = args.bf16 or args.model_dtype == "bfloat16"
     return BitsAndBytesConfig(
         load_in_4bit=True,
-        bnb_4bit_compute_dtype=torch.bfloat16 if args.bf16 else torch.float32,
+        bnb_4bit_compute_dtype=torch.bfloat16 if bf16_compute else torch.float32,
         bnb_4bit_quant_type=args.bnb_4bit_quant_type,
         bnb_4bit_use_double_quant=args.use_bnb_nested_quant,
         llm_int8_skip_modules=NOT_QUANTISED,
