@@ -110,7 +110,7 @@ class LaViTTrainingArguments(TrainingArguments):
     > - `dataloader_num_workers=None`, resolved to up to 4 worker processes on a CUDA run (one core per training
     >   process left free), else 0: collating LaViT's batches (decoding, resizing and patchifying the images,
     >   resampling the targets) in the training process leaves the GPU idle for it at every micro-batch (README,
-    >   Training speed). `dataloader_prefetch_factor=None`, resolved with workers so that all the micro-batches of an
+    >   Training at scale). `dataloader_prefetch_factor=None`, resolved with workers so that all the micro-batches of an
     >   optimiser step are ready when the Trainer fetches them (at least 2 per worker).
     > - `model_dtype=None`, resolved to `"float32"` (`"bfloat16"` under `speed_recipe="bf16_kahan"`).
     > - `activation_checkpointing=None`, resolved to `True` (`False` under `speed_recipe="bf16_kahan"`), with
