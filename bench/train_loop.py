@@ -12,7 +12,8 @@ in one process on the same rows, the bare step (the reference: `train_step.time_
 and then `LaViTTrainer.train()` once per `--num_workers` value (`default`: what `LaViTTrainingArguments` resolves),
 each on a freshly built student configured by the trainer itself, and prints tokens/s, MFU and the ratio to the bare
 step. A loop step is the median wall time between the ends of consecutive optimiser steps after `--warmup` steps
-(the first compiles), synchronised at each end; its tokens are the non-padding tokens of its micro-batches.
+(the first compiles), synchronised at each end; its tokens per micro-batch are the batch size times the rows' mean
+length (`DataCollatorForLaViT.sample_lengths`, padding left out), the bare step's those of its one batch.
 
 Rows: `--distinct_rows` synthetic rows (real tokenizer, random images stored as JPEG, quality 90, as photographs are,
 teacher targets on a 36x48 teacher grid), repeated to fill the run. Same conventions as `bench/train_step.py`
@@ -200,22 +201,26 @@ def main(argv: list[str] | None = None) -> None:
     if on_cuda:
         torch.cuda.empty_cache()
 
-    rows_out = [("bare step (batches on the device)", "-", bare)]
+    loop_tokens = args.batch_size * statistics.fmean(collator.sample_lengths(distinct))
+    rows_out = [("bare step (batches on the device)", "-", bare, tokens)]
     for num_workers in args.num_workers:
         for images_ahead in {"on": [True], "off": [False], "both": [True, False]}[args.images_ahead]:
             seconds, resolved = loop_seconds(args, processor, rows, num_workers, images_ahead, dtype)
             name = "LaViTTrainer.train()" + ("" if images_ahead else ", images in the family's order")
-            rows_out.append((name, f"{resolved} ({num_workers})", seconds / args.grad_accum))
+            rows_out.append((name, f"{resolved} ({num_workers})", seconds / args.grad_accum, loop_tokens))
 
     print(
         f"\n{args.shape}, {width}x{height}, batch {args.batch_size} x {args.grad_accum} micro-batches, recipe "
-        f"{args.recipe}, stage 0, {tokens} tokens per micro-batch, {args.device}\n"
+        f"{args.recipe}, stage 0, {tokens} tokens in the bare step's micro-batch, {loop_tokens:.0f} in a loop's on "
+        f"average, {args.device}\n"
     )
     print("| run | dataloader workers | s / micro-batch | tokens/s | MFU | tokens/s / bare step |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for name, workers, seconds in rows_out:
-        mfu = f"{6.0 * num_params * tokens / seconds / (peak_tflops * 1e12):.1%}" if peak_tflops else "-"
-        print(f"| {name} | {workers} | {seconds:.3f} | {tokens / seconds:.0f} | {mfu} | {bare / seconds:.2f}x |")
+    bare_speed = tokens / bare
+    for name, workers, seconds, run_tokens in rows_out:
+        speed = run_tokens / seconds
+        mfu = f"{6.0 * num_params * speed / (peak_tflops * 1e12):.1%}" if peak_tflops else "-"
+        print(f"| {name} | {workers} | {seconds:.3f} | {speed:.0f} | {mfu} | {speed / bare_speed:.2f}x |")
 
 
 if __name__ == "__main__":
