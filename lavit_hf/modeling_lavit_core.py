@@ -316,7 +316,9 @@ class LaViTModelMixin:
             )
         inputs_embeds = inputs_embeds.masked_scatter(is_image.unsqueeze(-1), image_embeds)
         position_ids = self.positions_3d(host_ids, host_ids, host_mask, None, host_position_inputs)
-        right_padded = host_mask is None or bool((host_mask[:, 1:] <= host_mask[:, :-1]).all())
+        right_padded = host_mask is None or (
+            host_mask.dim() == 2 and bool((host_mask[:, 1:] <= host_mask[:, :-1]).all())
+        )
         return to_device(position_ids, behind_the_tower=True), inputs_embeds, right_padded
 
     def positions_3d(self, reference, input_ids, attention_mask, past_key_values, position_inputs: dict):
