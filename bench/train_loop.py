@@ -171,11 +171,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--warmup must be at least 1: the first interval starts at the end of a step.")
     on_cuda = args.device.startswith("cuda")
     peak_tflops = args.peak_tflops or (989.0 if on_cuda else None)
-    recipe = train_step.SPEED_RECIPES[args.recipe]
-    dtype_name = recipe.get("model_dtype", "float32")
-    dtype = getattr(torch, dtype_name)
-    compile_blocks = "all" if recipe.get("torch_compile", on_cuda) and on_cuda else "none"
-    checkpointing = recipe.get("activation_checkpointing", True)
+    # The bare step's settings, from the recipe as bench/train_step.py resolves it.
+    step_args = train_step.make_parser().parse_args(["--device", args.device, "--recipe", args.recipe])
+    train_step.apply_recipe(step_args)
+    dtype = getattr(torch, step_args.dtype)
     width, height = map(int, args.image_size.split("x")) if args.image_size else train_step.SHAPES[args.shape][0][-1]
 
     processor = build_qwen2_5_vl_processor(min_pixels=56 * 56, max_pixels=4_194_304)
@@ -190,11 +189,11 @@ def main(argv: list[str] | None = None) -> None:
     tokens = int(batch["attention_mask"].sum())
 
     model = train_step.build_model(
-        "lavit", args.shape, processor, args.device, dtype, checkpointing, "packed", compile_blocks=compile_blocks,
-        linear_patch_embedding=on_cuda,
+        "lavit", args.shape, processor, args.device, dtype, not step_args.no_checkpointing, "packed",
+        compile_blocks=step_args.compile, linear_patch_embedding=step_args.patch_embedding == "linear",
     )  # fmt: skip
     num_params = sum(p.numel() for p in model.parameters())
-    autocast = autocasts_to_bf16(dtype_name, on_cuda)  # as the trainer resolves `bf16`
+    autocast = autocasts_to_bf16(step_args.dtype, on_cuda)  # as the trainer resolves `bf16`
     bare, _, _ = train_step.time_steps(model, [batch], args.device, autocast, args.warmup, args.steps, args.grad_accum)
     del model
     gc.collect()

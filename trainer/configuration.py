@@ -451,18 +451,14 @@ class LaViTTrainingArguments(TrainingArguments):
         if self.bf16 is None:
             cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
             self.bf16 = autocasts_to_bf16(self.model_dtype, cuda_bf16)
+        on_cuda = torch.cuda.is_available() and not self.use_cpu
         if self.torch_compile is None:
             # FSDP and DeepSpeed wrap the blocks themselves: compiling under them is left to an explicit choice.
-            self.torch_compile = bool(
-                torch.cuda.is_available() and not self.use_cpu and not self.fsdp and not self.deepspeed
-            )
+            self.torch_compile = bool(on_cuda and not self.fsdp and not self.deepspeed)
         if self.linear_patch_embedding is None:
-            self.linear_patch_embedding = bool(torch.cuda.is_available() and not self.use_cpu)
+            self.linear_patch_embedding = on_cuda
         self.dataloader_num_workers, self.dataloader_prefetch_factor = resolve_dataloader(
-            self.dataloader_num_workers,
-            self.dataloader_prefetch_factor,
-            self.gradient_accumulation_steps,
-            on_cuda=torch.cuda.is_available() and not self.use_cpu,
+            self.dataloader_num_workers, self.dataloader_prefetch_factor, self.gradient_accumulation_steps, on_cuda
         )
         self._check_choices()
         self._check_ranges()
