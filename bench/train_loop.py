@@ -17,7 +17,8 @@ length (`DataCollatorForLaViT.sample_lengths`, padding left out), the bare step'
 
 Rows: `--distinct_rows` synthetic rows (real tokenizer, random images stored as JPEG, quality 90, as photographs are,
 teacher targets on a 36x48 teacher grid), repeated to fill the run. Same conventions as `bench/train_step.py`
-(`--recipe`, MFU as `6 * all parameters * tokens` over `--peak_tflops`).
+(`--recipe`; `MFU` from the model FLOPs of `bench/flops.py`, a loop's per micro-batch the batch size times the rows'
+mean; `MFU 6NT` from `6 * all parameters * tokens`; both over `--peak_tflops`).
 """
 
 import argparse
@@ -38,6 +39,7 @@ from transformers import TrainerCallback
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import train_step  # noqa: E402
+from flops import six_n_t_flops, training_flops  # noqa: E402
 
 from trainer.configuration import autocasts_to_bf16  # noqa: E402
 
@@ -192,7 +194,12 @@ def main(argv: list[str] | None = None) -> None:
         "lavit", args.shape, processor, args.device, dtype, not step_args.no_checkpointing, "packed",
         compile_blocks=step_args.compile, linear_patch_embedding=step_args.patch_embedding == "linear",
     )  # fmt: skip
-    num_params = sum(p.numel() for p in model.parameters())
+    bare_flops = {"model": sum(training_flops(model, batch).values()), "6NT": six_n_t_flops(model, batch)}
+    row_flops = [training_flops(model, collator([row])) for row in distinct]
+    loop_flops = {
+        "model": args.batch_size * statistics.fmean(sum(counts.values()) for counts in row_flops),
+        "6NT": bare_flops["6NT"] / tokens * args.batch_size * statistics.fmean(collator.sample_lengths(distinct)),
+    }
     autocast = autocasts_to_bf16(step_args.dtype, on_cuda)  # as the trainer resolves `bf16`
     bare, _, _ = train_step.time_steps(model, [batch], args.device, autocast, args.warmup, args.steps, args.grad_accum)
     del model
@@ -201,25 +208,27 @@ def main(argv: list[str] | None = None) -> None:
         torch.cuda.empty_cache()
 
     loop_tokens = args.batch_size * statistics.fmean(collator.sample_lengths(distinct))
-    rows_out = [("bare step (batches on the device)", "-", bare, tokens)]
+    rows_out = [("bare step (batches on the device)", "-", bare, tokens, bare_flops)]
     for num_workers in args.num_workers:
         for images_ahead in {"on": [True], "off": [False], "both": [True, False]}[args.images_ahead]:
             seconds, resolved = loop_seconds(args, processor, rows, num_workers, images_ahead, dtype)
             name = "LaViTTrainer.train()" + ("" if images_ahead else ", images in the family's order")
-            rows_out.append((name, f"{resolved} ({num_workers})", seconds / args.grad_accum, loop_tokens))
+            rows_out.append((name, f"{resolved} ({num_workers})", seconds / args.grad_accum, loop_tokens, loop_flops))
 
     print(
         f"\n{args.shape}, {width}x{height}, batch {args.batch_size} x {args.grad_accum} micro-batches, recipe "
         f"{args.recipe}, stage 0, {tokens} tokens in the bare step's micro-batch, {loop_tokens:.0f} in a loop's on "
         f"average, {args.device}\n"
     )
-    print("| run | dataloader workers | s / micro-batch | tokens/s | MFU | tokens/s / bare step |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| run | dataloader workers | s / micro-batch | tokens/s | MFU | MFU 6NT | tokens/s / bare step |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     bare_speed = tokens / bare
-    for name, workers, seconds, run_tokens in rows_out:
+    for name, workers, seconds, run_tokens, flops in rows_out:
         speed = run_tokens / seconds
-        mfu = f"{6.0 * num_params * speed / (peak_tflops * 1e12):.1%}" if peak_tflops else "-"
-        print(f"| {name} | {workers} | {seconds:.3f} | {speed:.0f} | {mfu} | {speed / bare_speed:.2f}x |")
+        mfu, mfu_6nt = (
+            f"{flops[kind] / seconds / (peak_tflops * 1e12):.1%}" if peak_tflops else "-" for kind in ("model", "6NT")
+        )
+        print(f"| {name} | {workers} | {seconds:.3f} | {speed:.0f} | {mfu} | {mfu_6nt} | {speed / bare_speed:.2f}x |")
 
 
 if __name__ == "__main__":
