@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
         "lavit", args.shape, processor, args.device, dtype, not step_args.no_checkpointing, "packed",
         compile_blocks=step_args.compile, linear_patch_embedding=step_args.patch_embedding == "linear",
     )  # fmt: skip
+    # The bare step's batch carries the tower's inputs, as the trainer's collator derives them (`bench/train_step.py`).
+    batch = train_step.carry_vision_inputs(model, batch)
     bare_flops = {"model": sum(training_flops(model, batch).values()), "6NT": six_n_t_flops(model, batch)}
     row_flops = [training_flops(model, collator([row])) for row in distinct]
     loop_flops = {

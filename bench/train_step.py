@@ -40,7 +40,9 @@ the ratios to the plain step of the same case. Both models run the vision tower'
 per layer (`use_packed_vision_attention`, what `LaViTTrainer` sets) unless `--vision_attention loop` (Qwen's loop of
 one sdpa call per window), and on CUDA the patch embedding's Conv3d as one GEMM as `LaViTTrainer` runs it there
 (`--patch_embedding conv` keeps cuDNN's convolution); `--images_ahead off` gives LaViT the family's order of a
-training forward (tower inputs, image-token count and 3-D positions read back from the device). `--grad_accum N`
+training forward (tower inputs, image-token count and 3-D positions read back from the device). Every batch but the
+stock row's carries the tower's inputs as `LaViTTrainer`'s collator derives them in its workers (`--vision_inputs
+batch`); `--vision_inputs forward` leaves their derivation to the training forward. `--grad_accum N`
 times N micro-batches per optimiser step (the trainer's default is 16) and reports seconds per micro-batch.
 
 `--profile` instead profiles one step of the plain model and of a LaViT stage (`--profile_stage`, default 1) on one
@@ -300,6 +302,21 @@ def forward_backward(model, batch: dict, device: str, autocast: bool, num_items)
     loss.backward()
 
 
+def to_device(batch: dict, device: str) -> dict:
+    """The batch's tensors on `device`; other values (the tower's longest lengths) as they are."""
+    return {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
+
+
+def carry_vision_inputs(model, batch: dict) -> dict:
+    """`batch` with the vision tower's inputs that `LaViTTrainer`'s collator adds
+    (`DataCollatorForLaViT.vision_inputs`), derived from its grid for `model`'s tower."""
+    from lavit_hf.modeling_lavit import qwen2_5_vl_vision_inputs
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    derived = qwen2_5_vl_vision_inputs(base.model.visual.config, batch["image_grid_thw"].cpu())
+    return {**batch, **{f"image_{name}": value for name, value in derived.items() if value is not None}}
+
+
 def time_steps(
     model, batches: list[dict], device: str, autocast: bool, warmup: int, steps: int, grad_accum: int = 1
 ) -> tuple[float, float, float]:
@@ -309,7 +326,7 @@ def time_steps(
     the first ones. Peak allocated memory on CUDA only."""
     on_cuda = device.startswith("cuda")
     optimizer = make_optimizer(model, next(model.parameters()).dtype, device)
-    batches = [{key: value.to(device) for key, value in batch.items()} for batch in batches]
+    batches = [to_device(batch, device) for batch in batches]
 
     def step(batch: dict) -> None:
         num_items = (batch["labels"][:, 1:] != -100).sum() * grad_accum
@@ -362,6 +379,8 @@ def measure(kind: str, stages: list[int], batches: dict, args, processor, dtype)
                     {k: v for k, v in batch.items() if not k.startswith(("vtop_", "trajectory_"))}
                     for batch in case_batches
                 ]
+            if args.vision_inputs == "batch" and kind != "stock" and (kind != "lavit" or args.images_ahead == "on"):
+                case_batches = [carry_vision_inputs(model, batch) for batch in case_batches]
             # As the trainer: bf16 autocast over float32 weights on CUDA, none over bf16 weights; a CPU smoke run
             # stays in float32 (CPU bf16 is emulated).
             autocast = autocasts_to_bf16(args.dtype, args.device.startswith("cuda"))
@@ -432,7 +451,7 @@ def _profile_model(kind: str, stage: int, batch: dict, case: str, args, processo
         batch = {k: v for k, v in batch.items() if not k.startswith(("vtop_", "trajectory_"))}
     else:
         model.set_training_stage(stage)
-    batch = {key: value.to(device) for key, value in batch.items()}
+    batch = to_device(batch, device)
     optimizer = make_optimizer(model, dtype, device)
     summary = []
     for vision_attention in args.profile_variants:
@@ -440,7 +459,9 @@ def _profile_model(kind: str, stage: int, batch: dict, case: str, args, processo
             PACKED_VISION_ATTENTION if vision_attention == "packed" else "sdpa"
         )
         label = f"{case} {name}, vision attention {vision_attention}, {int(batch['attention_mask'].sum())} tokens"
-        summary.append(_profile_variant(model, optimizer, batch, label, args, dtype))
+        carried = kind == "lavit" and args.vision_inputs == "batch" and args.images_ahead == "on"
+        step_batch = to_device(carry_vision_inputs(model, batch), device) if carried else batch
+        summary.append(_profile_variant(model, optimizer, step_batch, label, args, dtype))
     return summary
 
 
@@ -592,6 +613,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images_ahead", choices=["on", "off"], default="on",
                         help="LaViT's training forward encodes the images ahead, positions derived on the host while "
                         "the tower runs (on, as lavit train), or runs the family's order (off)")
+    parser.add_argument("--vision_inputs", choices=["batch", "forward"], default="batch",
+                        help="where the vision tower's inputs are derived: carried by each batch, as LaViTTrainer's "
+                        "collator derives them in its workers (batch), or in the training forward (forward)")
     parser.add_argument("--text_attention", choices=["sdpa", "flex"], default="sdpa",
                         help="LaViT's language-model attention: sdpa, or flex attention (the stage-1 rule as a block "
                         "mask); the plain model stays on sdpa")
@@ -679,7 +703,8 @@ def main(argv: list[str] | None = None) -> None:
             f"dtype={args.dtype} checkpointing={not args.no_checkpointing} vision_attention={args.vision_attention} "
             f"grad_accum={args.grad_accum} compile={args.compile} text_attention={args.text_attention} "
             f"mixed_batches={args.mixed_batches} peft={args.peft} patch_embedding={args.patch_embedding} "
-            f"images_ahead={args.images_ahead}; MFU: model FLOPs (bench/flops.py), MFU 6NT: 6 * N_params(all) * tokens"
+            f"images_ahead={args.images_ahead} vision_inputs={args.vision_inputs}; MFU: model FLOPs (bench/flops.py), "
+            "MFU 6NT: 6 * N_params(all) * tokens"
         )
         print(format_table(results, peak_tflops, args.device, uniform_case=f"{width}x{height}"))
 

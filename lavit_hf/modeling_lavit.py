@@ -6,7 +6,7 @@ This file is copied next to saved checkpoints (remote code): it imports only tor
 """
 
 import torch
-from torch import nn
+from transformers import PreTrainedConfig
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLModel
 from transformers.utils.generic import get_max_seqlen
 from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids, get_vision_window_index
@@ -21,20 +21,22 @@ from .modeling_lavit_core import (
 )
 
 
-def qwen2_5_vl_vision_inputs(visual: nn.Module, grid_thw: torch.Tensor) -> dict:
+def qwen2_5_vl_vision_inputs(vision_config: PreTrainedConfig, grid_thw: torch.Tensor) -> dict:
     """What Qwen2.5-VL's vision tower derives from `grid_thw` before its first block, under the names it accepts
-    precomputed: rotary positions, image segments and windows, with their longest lengths."""
-    cu_seqlens, max_seqlen = get_vision_attention_seqlens(grid_thw, visual.config)
+    precomputed: rotary positions, image segments and windows, with their longest lengths. From the tower's config
+    alone, so that a data collator can derive them in its worker processes."""
+    merge_size = vision_config.spatial_merge_size
+    cu_seqlens, max_seqlen = get_vision_attention_seqlens(grid_thw, vision_config)
     window_index, cu_window_seqlens = get_vision_window_index(
-        grid_thw, visual.spatial_merge_size, visual.window_size, visual.patch_size
+        grid_thw, merge_size, vision_config.window_size, vision_config.patch_size
     )
     return {
-        "position_ids": get_vision_position_ids(grid_thw, visual.spatial_merge_size),
+        "position_ids": get_vision_position_ids(grid_thw, merge_size),
         "cu_seqlens": cu_seqlens,
         "max_seqlen": max_seqlen,
         "window_index": window_index,
         "cu_window_seqlens": cu_window_seqlens,
-        "max_window_seqlen": get_max_seqlen(cu_window_seqlens, visual.config),
+        "max_window_seqlen": get_max_seqlen(cu_window_seqlens, vision_config),
     }
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoConfig, PreTrainedModel
+from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
 from transformers.cache_utils import Cache
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOutputWithPast
@@ -139,14 +139,15 @@ class LaViTModelMixin:
         text_model_accepts_mask_mapping (`bool`, defaults to `True`): whether the family's text model takes a mapping
             of masks per layer type (Qwen2-VL, Qwen2.5-VL). Qwen3-VL's builds its own causal mask and takes no
             mapping: it gets the prepared 4-D mask instead.
-        host_vision_inputs (`Callable[[nn.Module, torch.Tensor], dict]`, defaults to `None`): the inputs of the
-            family's vision tower that transformers lets a caller precompute (`transformers.vision_utils`: rotary
-            positions, attention segments, windows), derived from a host copy of `image_grid_thw`. With it, a training
-            forward encodes the images ahead (`encode_images_ahead`); without it (Qwen3-VL) the family's order runs.
+        host_vision_inputs (`Callable[[PreTrainedConfig, torch.Tensor], dict]`, defaults to `None`): the inputs of
+            the family's vision tower that transformers lets a caller precompute (`transformers.vision_utils`: rotary
+            positions, attention segments, windows), derived from the tower's config and a host copy of
+            `image_grid_thw`. With it, a training forward encodes the images ahead (`encode_images_ahead`); without it
+            (Qwen3-VL) the family's order runs.
     """
 
     text_model_accepts_mask_mapping = True
-    host_vision_inputs: Callable[[nn.Module, torch.Tensor], dict] | None = None
+    host_vision_inputs: Callable[[PreTrainedConfig, torch.Tensor], dict] | None = None
 
     def latent_ids(self, device: torch.device) -> torch.Tensor:
         """`config.latent_token_ids` as a tensor on `device`, read from the config at each use (a buffer would be
@@ -161,6 +162,14 @@ class LaViTModelMixin:
         needs_grad = pixel_values.requires_grad or any(p.requires_grad for p in self.visual.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and needs_grad):
             return super().get_image_features(pixel_values, image_grid_thw, **kwargs)
+
+    def vision_inputs_function(self) -> Callable[[torch.Tensor], dict] | None:
+        """`host_vision_inputs` bound to this model's tower config: a picklable function from a batch's
+        `image_grid_thw` to the tower's inputs, for a data collator to derive them in its worker processes
+        (`DataCollatorForLaViT.vision_inputs`); `None` where the training forward does not encode images ahead."""
+        if self.host_vision_inputs is None:
+            return None
+        return functools.partial(self.host_vision_inputs, self.visual.config)
 
     def lavit_mask_function(self, token_ids: torch.LongTensor, mask_latent: bool = False) -> Callable | None:
         """The mask function that the current stage and switches call for, or `None` for plain causal attention.
@@ -277,7 +286,10 @@ class LaViTModelMixin:
         features with another, and only then derives the positions in a Python loop with a sync per sample, while the
         device idles. Here the tower's own inputs and the split sizes come from host copies of the grid (taken while
         the device has nothing queued), the count is checked on the host copy of the ids, and the positions are
-        derived on host copies during the tower's run: the host queues the language model behind it."""
+        derived on host copies during the tower's run: the host queues the language model behind it. A batch that
+        carries the tower's inputs (`image_position_ids`, `image_cu_seqlens`, ...: `DataCollatorForLaViT` derives them
+        in its worker processes with `vision_inputs_function`) hands them over as they are, so the host queues the
+        tower as soon as its copies return."""
         device = input_ids.device
 
         def on_host(value):
@@ -295,9 +307,10 @@ class LaViTModelMixin:
         host_ids, host_mask, grid = input_ids.cpu(), on_host(attention_mask), kwargs["image_grid_thw"].cpu()
         host_position_inputs = {name: on_host(kwargs.get(name)) for name in self._position_arguments()}
         host_position_inputs["image_grid_thw"] = grid
-        precomputed = {
+        carried = [name for name in kwargs if name.startswith("image_") and name != "image_grid_thw"]
+        precomputed = {name: kwargs.pop(name) for name in carried} or {
             f"image_{name}": to_device(value)
-            for name, value in self.host_vision_inputs(self.visual, grid).items()
+            for name, value in self.host_vision_inputs(self.visual.config, grid).items()
             if value is not None
         }
         own = _parameter_names(super().forward)

@@ -32,14 +32,28 @@ def tiny_students():
     built once per session on first use."""
     from lavit_hf import build_tiny_lavit
 
-    cache = {}
+    cache, limits = {}, {}
 
     def get(family: str):
         if family not in cache:
             cache[family] = build_tiny_lavit(seed=0, family=family)
+            limits[family] = copy.deepcopy(cache[family][1].image_processor.__dict__)
         return cache[family]
 
+    def restore_pixel_limits():
+        for family, (_, processor) in cache.items():
+            processor.image_processor.__dict__.update(copy.deepcopy(limits[family]))
+
+    get.restore_pixel_limits = restore_pixel_limits
     return get
+
+
+@pytest.fixture(autouse=True)
+def shared_students_keep_their_pixel_limits(tiny_students):
+    """`LaViTTrainer` gives the processor it trains with the run's pixel limits (so that the saved processor resizes
+    as the run did); the session's shared students get their own back after each test, whatever order tests run in."""
+    yield
+    tiny_students.restore_pixel_limits()
 
 
 @pytest.fixture(scope="session")

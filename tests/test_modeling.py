@@ -3,6 +3,7 @@
 applied to them), which skips the 152k-wide projection on the CPU."""
 
 import copy
+import pickle
 
 import pytest
 import torch
@@ -673,6 +674,45 @@ def test_right_padded_training_batch_attends_causally_without_its_padding_mask(s
     torch.testing.assert_close(loss_ahead, loss_family, rtol=1e-6, atol=0.0)
     for name, grad in grads_family.items():
         torch.testing.assert_close(grads_ahead[name], grad, rtol=1e-5, atol=1e-6 * grad.abs().max().item())
+
+
+def test_batch_carrying_the_tower_inputs_trains_and_evaluates_as_one_without(student):
+    """A batch that carries the vision tower's inputs, derived as the data collator derives them (the model's
+    `vision_inputs_function`, on the grid alone, pickled as a worker process receives it), gives the training forward
+    the loss and every gradient of the same batch without them, and the training forward derives none of them itself;
+    an evaluation forward (the family's order) passes them to the tower and returns the same logits. Qwen3-VL, whose
+    training forward keeps the family's order, has no such function."""
+    from lavit_hf.attention import use_packed_vision_attention
+
+    model, processor = student
+    model = clone(model).train()
+    use_packed_vision_attention(model)
+    function = model.model.vision_inputs_function()
+    if model.config.model_type == "lavit_qwen3_vl":
+        assert function is None
+        return
+    inputs = batch(processor, SAMPLES)
+    derived = pickle.loads(pickle.dumps(function))(inputs["image_grid_thw"])
+    carried = {**inputs, **{f"image_{name}": value for name, value in derived.items() if value is not None}}
+    assert {"image_position_ids", "image_cu_seqlens"} <= set(carried)
+
+    loss, grads = _loss_and_grads(model, inputs, images_ahead=True)
+
+    def derive_nothing(*args):
+        raise AssertionError("the forward derived the tower's inputs that the batch carries")
+
+    model.model.host_vision_inputs = derive_nothing
+    model.zero_grad()
+    labelled = {**carried, "labels": inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)}
+    loss_carried = model(**labelled).loss_ce
+    loss_carried.backward()
+    assert torch.equal(loss_carried.detach(), loss)
+    carried_grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    assert carried_grads.keys() == grads.keys() and all(torch.equal(carried_grads[n], grads[n]) for n in grads)
+
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(**carried).logits, model(**inputs).logits)
 
 
 def test_frozen_vision_tower_runs_without_autograd(student, inputs):

@@ -165,6 +165,20 @@ def test_training_with_dataloader_workers_updates_the_student(tiny_lavit, datase
     assert not torch.equal(model.vtop_head[0].weight, before["vtop_head.0.weight"])
 
 
+def test_trainer_batches_carry_the_vision_towers_inputs(tiny_lavit, dataset, tmp_path):
+    """The trainer hands its collator the student's `vision_inputs_function`, so each batch carries the tower's inputs
+    (derived in the DataLoader workers on a GPU run), equal to what the training forward would derive."""
+    model, processor = tiny_lavit
+    trainer = LaViTTrainer(model, _args(tmp_path), train_dataset=dataset, processing_class=processor)
+    batch = next(iter(trainer.get_train_dataloader()))
+    expected = model.model.vision_inputs_function()(batch["image_grid_thw"].cpu())
+    carried = {name.removeprefix("image_") for name in batch if name.startswith("image_") and name != "image_grid_thw"}
+    assert carried == {name for name, value in expected.items() if value is not None} and carried
+    for name in carried:  # tensors, and the longest lengths where the tower's attention reads them (integers)
+        value = batch[f"image_{name}"]
+        assert torch.equal(value.cpu(), expected[name]) if torch.is_tensor(value) else value == expected[name]
+
+
 def test_repeated_batch_all_losses_fall(tiny_lavit, dataset, tmp_path):
     model, processor = tiny_lavit
     # Two rows, batch 2: every step sees the same batch (one row per student grid, one of them resampled).

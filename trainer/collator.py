@@ -3,7 +3,7 @@ inputs, images processed on the fly (like TRL's `DataCollatorForVisionLanguageMo
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +96,10 @@ class DataCollatorForLaViT(DataCollatorMixin):
         max_length (`int`, *optional*):
             Longest sample in tokens; a longer one raises a `ValueError` naming the row (`LaViTTrainer` leaves such
             samples out of its datasets beforehand, by `sample_lengths`).
+        vision_inputs (`Callable[[torch.Tensor], dict]`, *optional*):
+            The student's `vision_inputs_function()`: with it, each batch also carries the vision tower's inputs
+            derived from `image_grid_thw` (`image_position_ids`, `image_cu_seqlens`, ...), so that the training process
+            does not derive them while the device waits (`LaViTTrainer` sets it from its student).
         return_tensors (`str`, *optional*, defaults to `"pt"`):
             Only `"pt"`.
 
@@ -104,7 +108,8 @@ class DataCollatorForLaViT(DataCollatorMixin):
 
     Output keys: `input_ids`, `attention_mask`, `mm_token_type_ids`, `pixel_values`, `image_grid_thw`, `labels`,
     `vtop_target` (and `vtop_target_mask` with `vtop_source="tokens"`), `trajectory_target` `(B, max_n)` and
-    `trajectory_mask` `(B, max_n)`, where `max_n` is the largest student image-token count of the batch.
+    `trajectory_mask` `(B, max_n)`, where `max_n` is the largest student image-token count of the batch; with
+    `vision_inputs`, the tower's inputs it returns, prefixed `image_`.
 
     Example:
 
@@ -133,6 +138,7 @@ class DataCollatorForLaViT(DataCollatorMixin):
     min_pixels: int | None = None
     max_pixels: int | None = None
     max_length: int | None = None
+    vision_inputs: Callable[[torch.Tensor], dict] | None = None
     return_tensors: str = "pt"
 
     def __post_init__(self):
@@ -168,6 +174,9 @@ class DataCollatorForLaViT(DataCollatorMixin):
                 if length > self.max_length:
                     raise ValueError(f"{rows[index]}: {length} tokens, more than max_length={self.max_length}.")
         batch["labels"] = self._labels(batch["input_ids"], batch["attention_mask"], rows)
+        if self.vision_inputs is not None:
+            derived = self.vision_inputs(batch["image_grid_thw"])
+            batch.update({f"image_{name}": value for name, value in derived.items() if value is not None})
         student_grids = merged_grids(batch["image_grid_thw"], self.processor.image_processor.merge_size)
         teacher_grids = [_teacher_grid(example, row) for example, row in zip(examples, rows, strict=True)]
         trajectories = [
