@@ -532,6 +532,10 @@ def _profile_variant(model, optimizer, batch: dict, label: str, args, dtype) -> 
             trace.parent.mkdir(parents=True, exist_ok=True)
             recorded.export_chrome_trace(str(trace))
             print(f"trace of the profiled step{' with Python stacks' if with_stack else ''}: {trace}")
+    counts = training_flops(model, batch)
+    vision = counts["vision linear"] + counts["vision attention"]
+    total = sum(counts.values())
+    flops = {"step": total / 1e12, "vision": vision / 1e12, "language": (total - vision) / 1e12}
     averages = prof.key_averages()
     # Kernels, copies, memsets; not the GPU spans of `record_function` ranges, which cover kernels counted here.
     on_device = [e for e in averages if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
@@ -546,7 +550,9 @@ def _profile_variant(model, optimizer, batch: dict, label: str, args, dtype) -> 
         f"kernel time {kernel_s:.3f} s ({100 * kernel_s / wall:.0f}% busy, {kernels} kernel launches); "
         f"vision fwd {vision_grad_s:.3f} s (no_grad {vision_nograd_s:.3f} s); language model with cached "
         f"image features fwd {timings['fwd']:.3f} s + bwd {timings['bwd']:.3f} s = {lm_s:.3f} s; "
-        f"optimizer step {optimizer_s:.3f} s"
+        f"optimizer step {optimizer_s:.3f} s; model TFLOP/s (bench/flops.py): step {flops['step'] / step_s:.1f}, "
+        f"frozen vision forward {flops['vision'] / vision_nograd_s:.1f}, language model fwd + bwd "
+        f"{flops['language'] / lm_s:.1f}"
     )
     print(line)
     return line
