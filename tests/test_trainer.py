@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from transformers import TrainerCallback
 
 from lavit_hf.arguments import parse_with_config
 from lavit_hf.losses import combine_losses
@@ -177,6 +178,40 @@ def test_trainer_batches_carry_the_vision_towers_inputs(tiny_lavit, dataset, tmp
     for name in carried:  # tensors, and the longest lengths where the tower's attention reads them (integers)
         value = batch[f"image_{name}"]
         assert torch.equal(value.cpu(), expected[name]) if torch.is_tensor(value) else value == expected[name]
+
+
+class _DivergeAfterFirstStep(TrainerCallback):
+    """Makes a language-model weight NaN after the first optimiser step, as a diverged update leaves it."""
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 1:
+            with torch.no_grad():
+                model.model.language_model.layers[0].mlp.up_proj.weight.fill_(float("nan"))
+
+
+def test_a_diverged_run_logs_its_non_finite_loss_and_stops_before_a_checkpoint(tiny_lavit, dataset, tmp_path):
+    """The Trainer's default `logging_nan_inf_filter=True` would log the running average in place of a NaN loss (and
+    read every micro-batch's loss back to the host); LaViT's default logs the NaN and stops the run at that log,
+    before the checkpoint due at the same step. Opting back into the filter trains on with finite logged losses."""
+    model, processor = tiny_lavit
+    fresh = copy.deepcopy(model, memo={id(processor): processor})
+    args = _args(tmp_path, max_steps=4, save_strategy="steps", save_steps=2)
+    assert args.logging_nan_inf_filter is False
+    trainer = LaViTTrainer(
+        model, args, train_dataset=dataset, processing_class=processor, callbacks=[_DivergeAfterFirstStep()]
+    )
+    with pytest.raises(FloatingPointError, match="Step 2: non-finite training loss"):
+        trainer.train()
+    assert math.isfinite(_logged(trainer, "loss")[0]) and math.isnan(_logged(trainer, "loss")[1])
+    assert not list(tmp_path.glob("checkpoint-*"))
+
+    args = _args(tmp_path / "filtered", max_steps=4, logging_nan_inf_filter=True)
+    trainer = LaViTTrainer(
+        fresh, args, train_dataset=dataset, processing_class=processor, callbacks=[_DivergeAfterFirstStep()]
+    )
+    trainer.train()
+    assert trainer.state.global_step == 4 and all(math.isfinite(value) for value in _logged(trainer, "loss"))
+    assert all(math.isnan(value) for value in _logged(trainer, "loss_ce")[1:])  # the components are never filtered
 
 
 def test_repeated_batch_all_losses_fall(tiny_lavit, dataset, tmp_path):

@@ -119,6 +119,11 @@ class LaViTTrainingArguments(TrainingArguments):
     > - `learning_rate=5e-6`, `warmup_steps=0.06` (a ratio), `weight_decay=0.1`.
     > - `per_device_train_batch_size=1`, `gradient_accumulation_steps=16`.
     > - `logging_steps=10`, `prediction_loss_only=True` (evaluation needs the losses, never 152k-wide logits).
+    > - `logging_nan_inf_filter=False`: the Trainer's filter replaces a NaN or infinite loss in the logs with the running
+    >   average, so a diverged run logs plausible losses, and it reads each micro-batch's loss back to the host (a sync
+    >   that empties the device's queue at every micro-batch). Here a non-finite training loss is logged as it is and
+    >   `LaViTTrainer` stops the run at that log (`FloatingPointError`), before a checkpoint of the weights it
+    >   updated.
     >
     > `torch_compile=True` compiles each decoder layer and vision block in place
     > (`lavit_hf.compilation.compile_repeated_blocks`), not the whole model as `Trainer` would: the image-text merge
@@ -442,6 +447,14 @@ class LaViTTrainingArguments(TrainingArguments):
         default=16, metadata={"help": "Micro-batches accumulated per optimiser step (reference: 16)."}
     )
     logging_steps: float = field(default=10, metadata={"help": "Log every this many optimiser steps."})
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata={
+            "help": "Log a NaN or infinite training loss as it is and stop the run at that log (False), or log the "
+            "running average in its place and train on (True, the Trainer's default; it also reads every "
+            "micro-batch's loss back to the host)."
+        },
+    )
     prediction_loss_only: bool = field(
         default=True, metadata={"help": "Evaluation keeps the losses only, never the vocabulary-wide logits."}
     )

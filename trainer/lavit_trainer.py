@@ -10,6 +10,7 @@ in `modules_to_save` nor the latent rows in `trainable_token_indices`, nor keep 
 import inspect
 import json
 import logging
+import math
 import os
 import shutil
 import textwrap
@@ -369,6 +370,19 @@ class LaViTTrainer(Trainer):
             metrics = {f"eval_{key}": value for key, value in metrics.items()}
         super().log({**logs, **metrics}, start_time)
         self._metrics[mode].clear()
+        if mode == "train" and not self.args.logging_nan_inf_filter:
+            losses = {**logs, **metrics}
+            diverged = {
+                key: losses[key] for key in ("loss", *LOSS_TERMS) if key in losses and not math.isfinite(losses[key])
+            }
+            if diverged:
+                # Logged first, so that the log history and the trackers show it; then stopped before a checkpoint of
+                # the weights that its gradients updated.
+                raise FloatingPointError(
+                    f"Step {self.state.global_step}: non-finite training loss {diverged} since the previous log: the "
+                    "run diverged, and the optimiser has applied its gradients. Lower the learning rate, or pass "
+                    "logging_nan_inf_filter=True to log the running average in its place and train on."
+                )
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)
