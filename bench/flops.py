@@ -22,8 +22,8 @@ The `6 * N * T` convention (`N` all parameters, `T` real tokens) that the figure
 differs in three ways for these models: it counts the frozen vision tower as trained on one row per token, where it
 runs forward only on four patches per image token (and on no text token); it counts the language-model head on every
 token, where the loss needs it on the labelled ones; and it counts no attention. The first and last add work, the
-second removes some: on a 3B LaViT batch of 1344x1008 images the two counts end within a few percent of each other
-(`bench/train_step.py` prints both).
+second removes some: on the 3B shape, for four 1344x1008 images (7,532 tokens, 500 of them labelled), 172.2 TFLOP
+against 170.5 (`bench/train_step.py` prints both MFUs).
 """
 
 import torch

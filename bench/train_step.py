@@ -59,7 +59,7 @@ of the step (`bench/flops.py`: the matrix products the step needs, attention inc
 forward only on its patches, the language-model head on the labelled positions; PaLM's definition); `MFU 6NT` counts
 `6 * N * T`, N = all parameters (frozen ones included), T = non-padding tokens, the convention behind the reference
 figure (0.566 s and 63.2 GiB for a 1,890-token sample, about 3,300 tokens/s, about 8%) and this project's earlier
-figures. On the 3B shape the two differ by a few percent (`bench/flops.py` says where)."""
+figures. On the 3B shape with four 1344x1008 images the model FLOPs are 1.010x `6NT` (`bench/flops.py` says why)."""
 
 import argparse
 import gc
