@@ -18,6 +18,7 @@ from lavit_hf.arguments import parse_with_config
 from lavit_hf.losses import combine_losses
 from lavit_hf.testing_utils import synthetic_lavit_dataset
 from trainer import LaViTTrainer, LaViTTrainingArguments
+from trainer.collator import DataCollatorForLaViT
 from trainer.configuration import PLAIN_SCHEDULE_FIELDS, STAGE_SCHEDULE_FIELDS, resolve_dataloader
 from trainer.train import main, make_parser, run_schedule, to_training_arguments, with_target_format
 
@@ -167,10 +168,15 @@ def test_training_with_dataloader_workers_updates_the_student(tiny_lavit, datase
 
 
 def test_trainer_batches_carry_the_vision_towers_inputs(tiny_lavit, dataset, tmp_path):
-    """The trainer hands its collator the student's `vision_inputs_function`, so each batch carries the tower's inputs
-    (derived in the DataLoader workers on a GPU run), equal to what the training forward would derive."""
+    """The trainer hands its collator the student's `vision_inputs_function` (replacing one set up for another tower),
+    so each batch carries the tower's inputs (derived in the DataLoader workers on a GPU run), equal to what the
+    training forward would derive."""
     model, processor = tiny_lavit
-    trainer = LaViTTrainer(model, _args(tmp_path), train_dataset=dataset, processing_class=processor)
+    collator = DataCollatorForLaViT(processor, teacher_hidden_size=model.config.teacher_hidden_size)
+    collator.vision_inputs = lambda grid: {"window_index": torch.zeros(0)}  # another tower's
+    trainer = LaViTTrainer(
+        model, _args(tmp_path), data_collator=collator, train_dataset=dataset, processing_class=processor
+    )
     batch = next(iter(trainer.get_train_dataloader()))
     expected = model.model.vision_inputs_function()(batch["image_grid_thw"].cpu())
     carried = {name.removeprefix("image_") for name in batch if name.startswith("image_") and name != "image_grid_thw"}

@@ -99,7 +99,7 @@ class DataCollatorForLaViT(DataCollatorMixin):
         vision_inputs (`Callable[[torch.Tensor], dict]`, *optional*):
             The student's `vision_inputs_function()`: with it, each batch also carries the vision tower's inputs
             derived from `image_grid_thw` (`image_position_ids`, `image_cu_seqlens`, ...), so that the training process
-            does not derive them while the device waits (`LaViTTrainer` sets it from its student).
+            does not derive them while the device waits (`LaViTTrainer` sets it from the student it trains).
         return_tensors (`str`, *optional*, defaults to `"pt"`):
             Only `"pt"`.
 

@@ -63,8 +63,8 @@ class LaViTTrainer(Trainer):
             The arguments; loss weights, `block_prompt` and `ce_in_stage1` left at `None` take the model config's
             values, the others are written into the model config (so that the saved config says how it was trained).
         data_collator (`DataCollatorForLaViT`, *optional*):
-            Built from `args` and the processor when omitted. Its `vision_inputs`, when unset, becomes the student's
-            (`vision_inputs_function`), so that batches carry the vision tower's inputs.
+            Built from `args` and the processor when omitted. Its `vision_inputs` becomes the student's
+            (`vision_inputs_function`), so that batches carry this student's vision tower inputs.
         train_dataset, eval_dataset (`datasets.Dataset`, *optional*):
             LaViT datasets (`lavit_hf.schema`).
         processing_class (`ProcessorMixin`, *optional*):
@@ -140,9 +140,10 @@ class LaViTTrainer(Trainer):
                 vtop_statistics=vtop_statistics(train_dataset) if args.vtop_normalization == "standardize" else None,
                 max_length=self.max_length,
             )
-        if isinstance(data_collator, DataCollatorForLaViT) and data_collator.vision_inputs is None:
+        if isinstance(data_collator, DataCollatorForLaViT):
             # The tower's inputs derived with each batch, in the DataLoader workers: derived in the training forward,
-            # they kept the device idle at every micro-batch's start (docs/pitfalls.md, Trainer).
+            # they kept the device idle at every micro-batch's start (docs/pitfalls.md). Always this student's: a
+            # collator set up for another tower would carry other windows.
             data_collator.vision_inputs = base_model_of(model).model.vision_inputs_function()
         self.skipped_long_samples = {}
         self._train_lengths = None
