@@ -311,10 +311,12 @@ def carry_vision_inputs(model, batch: dict) -> dict:
     """`batch` with the vision tower's inputs that `LaViTTrainer`'s collator adds
     (`DataCollatorForLaViT.vision_inputs`), derived from its grid for `model`'s tower."""
     from lavit_hf.modeling_lavit import qwen2_5_vl_vision_inputs
+    from lavit_hf.modeling_lavit_core import batch_vision_inputs
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    derived = qwen2_5_vl_vision_inputs(base.model.visual.config, batch["image_grid_thw"].cpu())
-    return {**batch, **{f"image_{name}": value for name, value in derived.items() if value is not None}}
+    # The plain model has no `vision_inputs_function`: the same function over its tower's config.
+    carried = batch_vision_inputs(qwen2_5_vl_vision_inputs, base.model.visual.config, batch["image_grid_thw"].cpu())
+    return {**batch, **carried}
 
 
 def time_steps(

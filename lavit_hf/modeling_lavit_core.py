@@ -132,6 +132,15 @@ def _parameter_names(method) -> tuple[str, ...]:
     return _unbound_parameters(method.__func__)
 
 
+def batch_vision_inputs(
+    host_vision_inputs: Callable[[PreTrainedConfig, torch.Tensor], dict], vision_config: PreTrainedConfig, grid_thw
+) -> dict:
+    """A family's precomputable tower inputs for the images of `grid_thw`, under the names a batch or a forward
+    carries them by (prefixed `image_`, which transformers strips before the tower); the unset ones left out."""
+    derived = host_vision_inputs(vision_config, grid_thw)
+    return {f"image_{name}": value for name, value in derived.items() if value is not None}
+
+
 class LaViTModelMixin:
     """The LaViT base model: the family's model, with the stage-1 and `mask_latent` rules imposed on its text model.
 
@@ -164,12 +173,13 @@ class LaViTModelMixin:
             return super().get_image_features(pixel_values, image_grid_thw, **kwargs)
 
     def vision_inputs_function(self) -> Callable[[torch.Tensor], dict] | None:
-        """`host_vision_inputs` bound to this model's tower config: a picklable function from a batch's
-        `image_grid_thw` to the tower's inputs, for a data collator to derive them in its worker processes
-        (`DataCollatorForLaViT.vision_inputs`); `None` where the training forward does not encode images ahead."""
+        """A picklable function from a batch's `image_grid_thw` to the tower's inputs under the names a batch carries
+        them by (`batch_vision_inputs` over `host_vision_inputs` and this model's tower config), for a data collator
+        to derive them in its worker processes (`DataCollatorForLaViT.vision_inputs`); `None` where the training
+        forward does not encode images ahead."""
         if self.host_vision_inputs is None:
             return None
-        return functools.partial(self.host_vision_inputs, self.visual.config)
+        return functools.partial(batch_vision_inputs, self.host_vision_inputs, self.visual.config)
 
     def lavit_mask_function(self, token_ids: torch.LongTensor, mask_latent: bool = False) -> Callable | None:
         """The mask function that the current stage and switches call for, or `None` for plain causal attention.
@@ -309,9 +319,7 @@ class LaViTModelMixin:
         host_position_inputs["image_grid_thw"] = grid
         carried = [name for name in kwargs if name.startswith("image_") and name != "image_grid_thw"]
         precomputed = {name: kwargs.pop(name) for name in carried} or {
-            f"image_{name}": to_device(value)
-            for name, value in self.host_vision_inputs(self.visual.config, grid).items()
-            if value is not None
+            name: to_device(value) for name, value in self.vision_inputs_function()(grid).items()
         }
         own = _parameter_names(super().forward)
         passed_on = {name: value for name, value in kwargs.items() if name not in own}  # as the family passes them

@@ -97,8 +97,8 @@ class DataCollatorForLaViT(DataCollatorMixin):
             Longest sample in tokens; a longer one raises a `ValueError` naming the row (`LaViTTrainer` leaves such
             samples out of its datasets beforehand, by `sample_lengths`).
         vision_inputs (`Callable[[torch.Tensor], dict]`, *optional*):
-            The student's `vision_inputs_function()`: with it, each batch also carries the vision tower's inputs
-            derived from `image_grid_thw` (`image_position_ids`, `image_cu_seqlens`, ...), so that the training process
+            The student's `vision_inputs_function()`: with it, each batch also carries the vision tower's inputs it
+            derives from `image_grid_thw` (`image_position_ids`, `image_cu_seqlens`, ...), so that the training process
             does not derive them while the device waits (`LaViTTrainer` sets it from the student it trains).
         return_tensors (`str`, *optional*, defaults to `"pt"`):
             Only `"pt"`.
@@ -175,8 +175,7 @@ class DataCollatorForLaViT(DataCollatorMixin):
                     raise ValueError(f"{rows[index]}: {length} tokens, more than max_length={self.max_length}.")
         batch["labels"] = self._labels(batch["input_ids"], batch["attention_mask"], rows)
         if self.vision_inputs is not None:
-            derived = self.vision_inputs(batch["image_grid_thw"])
-            batch.update({f"image_{name}": value for name, value in derived.items() if value is not None})
+            batch.update(self.vision_inputs(batch["image_grid_thw"]))
         student_grids = merged_grids(batch["image_grid_thw"], self.processor.image_processor.merge_size)
         teacher_grids = [_teacher_grid(example, row) for example, row in zip(examples, rows, strict=True)]
         trajectories = [

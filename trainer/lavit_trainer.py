@@ -369,12 +369,12 @@ class LaViTTrainer(Trainer):
         metrics = {key: torch.stack(values).mean().item() for key, values in self._metrics[mode].items() if values}
         if mode == "eval":
             metrics = {f"eval_{key}": value for key, value in metrics.items()}
-        super().log({**logs, **metrics}, start_time)
+        logged = {**logs, **metrics}
+        super().log(logged, start_time)
         self._metrics[mode].clear()
         if mode == "train" and not self.args.logging_nan_inf_filter:
-            losses = {**logs, **metrics}
             diverged = {
-                key: losses[key] for key in ("loss", *LOSS_TERMS) if key in losses and not math.isfinite(losses[key])
+                key: logged[key] for key in ("loss", *LOSS_TERMS) if key in logged and not math.isfinite(logged[key])
             }
             if diverged:
                 # Logged first, so that the log history and the trackers show it; then stopped before a checkpoint of
